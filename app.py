@@ -1,0 +1,1428 @@
+"""ChatBridge: a Flask backend between chat frontends and LLM APIs.
+
+It keeps the API keys on the server, spreads requests round-robin over many
+keys with failover and cooldowns, and relays the model's answer as
+Server-Sent Events. Upstreams: Google Gemini (REST) and any OpenAI-compatible
+API (the ZJU Chat API, DeepSeek, OpenRouter, vLLM, Ollama), plus the built-in
+`echo` model that needs no key at all.
+
+Run it:      python app.py                     (development, port 5000)
+Production:  gunicorn --workers 3 --worker-class gevent --timeout 600 app:app
+Settings:    environment variables, listed in README.md and read by load_config().
+"""
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import mimetypes
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+import urllib3
+from filelock import FileLock
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+# ---------------------------------------------------------------- constants
+
+HERE = Path(__file__).resolve().parent
+PROVIDERS = ("gemini", "zju")
+KEY_VARIABLES = {"gemini": "ALL_GEMINI_API_KEYS", "zju": "ZJU_API_KEY"}
+PROVIDER_NAMES = {"gemini": "Gemini", "zju": "the OpenAI-compatible upstream", "echo": "echo"}
+ECHO_MODEL = "echo"
+ECHO_WORD_DELAY = 0.02  # seconds between echoed words, so the echo visibly streams
+GEMINI_DEFAULTS = {"temperature": 0.7, "maxOutputTokens": 4096}  # the Persian source's values
+RATE_LIMIT_COOLDOWN = 60.0  # when a 429 says nothing about when to come back
+INVALID_KEY_COOLDOWN = 3600.0
+ERROR_BODY_LIMIT = 64 * 1024
+READ_SIZE = 64 * 1024
+CONTENT_KINDS = ("text", "reasoning")
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
+FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+                   "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
+INVALID_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED"}
+KEY_PATTERN = re.compile(r"AIza[0-9A-Za-z_\-]{8,}|sk-[0-9A-Za-z_\-*.]{6,}")
+
+# ---------------------------------------------------------------- config
+
+
+class ConfigError(Exception):
+    """The environment holds settings the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One upstream key; its secret never appears in repr, logs or files."""
+
+    secret: str = field(repr=False)
+    group: str
+
+    @property
+    def id(self) -> str:
+        """A stable name for the key that is safe to write to shared state."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:16]
+
+    @property
+    def suffix(self) -> str:
+        """What logs may show of the key: its last four characters."""
+        return "…" + self.secret[-4:]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, parsed and checked once at start."""
+
+    gemini_keys: tuple = ()
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_model: str = "gemini-2.5-flash"
+    zju_keys: tuple = ()
+    zju_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
+    default_model: str = ECHO_MODEL
+    port: int = 5000
+    cors_origins: tuple = ("*",)
+    temp_data_dir: Path = HERE / "temp_data"
+    max_upload_mb: float = 20.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    key_wait_seconds: float = 5.0
+    ping_seconds: float = 15.0
+    log_language: str = "en"
+
+    def keys(self, provider: str) -> tuple:
+        """The keys configured for a provider."""
+        return {"gemini": self.gemini_keys, "zju": self.zju_keys}.get(provider, ())
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def parse_keys(raw: str) -> tuple:
+    """Split a comma-separated key list; `group:key` entries share a quota group."""
+    keys, seen = [], set()
+    for entry in (part.strip() for part in raw.split(",")):
+        group, _, secret = entry.rpartition(":")
+        group, secret = group.strip(), secret.strip()
+        if not secret or secret in seen:
+            continue
+        seen.add(secret)
+        keys.append(ApiKey(secret=secret, group=f"group:{group}" if group else ""))
+    return tuple(ApiKey(k.secret, k.group or k.id) for k in keys)
+
+
+def load_config(environ=os.environ) -> Config:
+    """Build the Config from environment variables, naming every problem at once."""
+    problems = []
+
+    def number(name, default, minimum=0.0, kind=float):
+        raw = environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or not math.isfinite(value):
+            problems.append(f"{name} must be a {kind.__name__} of at least {minimum}, not {raw!r}")
+            return default
+        return value
+
+    def url(name, default):
+        value = environ.get(name, "").strip().rstrip("/") or default
+        if not re.match(r"https?://", value):
+            problems.append(f"{name} must start with http:// or https://, not {value!r}")
+        return value
+
+    gemini_keys = parse_keys(environ.get("ALL_GEMINI_API_KEYS", ""))
+    zju_keys = parse_keys(environ.get("ZJU_API_KEY", ""))
+    gemini_model = environ.get("GEMINI_MODEL", "").strip() or Config.gemini_model
+    fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if zju_keys else ECHO_MODEL
+    language = environ.get("LOG_LANGUAGE", "").strip().lower() or "en"
+    if language not in ("en", "fa"):
+        problems.append(f"LOG_LANGUAGE must be 'en' or 'fa', not {language!r}")
+    origins = tuple(o.strip() for o in environ.get("CORS_ORIGINS", "*").split(",") if o.strip())
+    data_dir = environ.get("TEMP_DATA_DIR", "").strip()
+    config = Config(
+        gemini_keys=gemini_keys,
+        gemini_base_url=url("GEMINI_BASE_URL", Config.gemini_base_url),
+        gemini_model=gemini_model,
+        zju_keys=zju_keys,
+        zju_base_url=url("ZJU_BASE_URL", Config.zju_base_url),
+        default_model=environ.get("DEFAULT_MODEL", "").strip() or fallback_model,
+        port=number("PORT", 5000, 1, int),
+        cors_origins=origins or ("*",),
+        temp_data_dir=Path(data_dir) if data_dir else Config.temp_data_dir,
+        max_upload_mb=number("MAX_UPLOAD_MB", 20.0, 0.001),
+        connect_timeout=number("UPSTREAM_CONNECT_TIMEOUT", 10.0, 0.1),
+        read_timeout=number("UPSTREAM_READ_TIMEOUT", 300.0, 0.1),
+        key_wait_seconds=number("KEY_WAIT_SECONDS", 5.0),
+        ping_seconds=number("SSE_PING_SECONDS", 15.0, 0.05),
+        log_language=language if language in ("en", "fa") else "en",
+    )
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    return config
+
+
+# ---------------------------------------------------------------- logging
+
+log = logging.getLogger("chatbridge")
+
+
+class PersianLevelFormatter(logging.Formatter):
+    """Prints log levels in Persian, as the Persian source did."""
+
+    LEVELS = {logging.DEBUG: "دیباگ", logging.INFO: "اطلاع", logging.WARNING: "هشدار",
+              logging.ERROR: "خطا", logging.CRITICAL: "بحرانی"}
+
+    def format(self, record):
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = self.LEVELS.get(record.levelno, record.levelname)
+        return super().format(record)
+
+
+def setup_logging(language: str) -> None:
+    """Send the service's log lines to stderr, with level names in English or Persian."""
+    style = PersianLevelFormatter if language == "fa" else logging.Formatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(style("[%(asctime)s] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+@dataclass
+class RequestLog:
+    """What the one log line per request reports; filled in as the request goes."""
+
+    shape: str = "-"
+    provider: str = "-"
+    model: str = "-"
+    key: str = "-"
+    attempts: int = 0
+    outcome: str = "ok"
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+
+    def line(self, method: str, path: str, status: int) -> str:
+        ttft = f"{self.first_token - self.started:.3f}s" if self.first_token else "-"
+        return (f"{method} {path} {status} shape={self.shape} provider={self.provider} "
+                f"model={self.model} key={self.key} attempts={self.attempts} ttft={ttft} "
+                f"duration={time.monotonic() - self.started:.3f}s outcome={self.outcome}")
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ChatError(Exception):
+    """A failure the client is told about as JSON {"error": message} with a status."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class ClientGone(Exception):
+    """The client went away, so the upstream work stopped."""
+
+
+@dataclass
+class UpstreamFailure(Exception):
+    """An upstream answer that is not a usable answer, classified for failover.
+
+    kind: rate_limit, invalid_key, server, unreachable, broken (stream cut, error
+    event or no content) fail over to the next key; request (the request's own
+    fault) does not.
+    """
+
+    kind: str
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+    per_day: bool = False
+
+    def __post_init__(self):
+        super().__init__(self.message)
+
+    @property
+    def failover(self) -> bool:
+        return self.kind != "request"
+
+
+def error_details(error: Any) -> list:
+    """The google.rpc details of an error object, or an empty list."""
+    details = error.get("details") if isinstance(error, dict) else None
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The human message in a Gemini or OpenAI-style error body."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str) and error:
+        return error
+    return fallback
+
+
+def retry_delay(error: Any, headers) -> float:
+    """Seconds until a rate-limited key may be tried: RetryInfo, else Retry-After, else 60."""
+    for detail in error_details(error):
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and detail.get("@type", "").endswith("RetryInfo"):
+            try:
+                return max(0.0, float(delay.rstrip("s")))
+            except ValueError:
+                pass
+    header = (headers or {}).get("Retry-After", "")
+    if header.strip().isdigit():
+        return float(header)
+    if header:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
+        except (TypeError, ValueError):
+            pass
+    return RATE_LIMIT_COOLDOWN
+
+
+def per_day_quota(error: Any) -> bool:
+    """Whether a 429 names a per-day quota, which only resets at midnight Pacific."""
+    for detail in error_details(error):
+        for violation in detail.get("violations") or []:
+            if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                return True
+    return False
+
+
+def names_invalid_key(error: Any, message: str) -> bool:
+    """Whether a Gemini 400 says the key itself is bad."""
+    reasons = {d.get("reason") for d in error_details(error)}
+    return bool(reasons & INVALID_KEY_REASONS) or "api key not valid" in message.lower()
+
+
+def classify_failure(status: int, body: Any, headers=None) -> UpstreamFailure:
+    """Turn an upstream error (HTTP status and parsed body) into an UpstreamFailure."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error_message(body, f"upstream answered HTTP {status}")
+    if status == 429:
+        return UpstreamFailure("rate_limit", message, status, retry_delay(error, headers),
+                               per_day_quota(error))
+    if status in (401, 403) or (status == 400 and names_invalid_key(error, message)):
+        return UpstreamFailure("invalid_key", message, status)
+    if status >= 500 or status < 400:
+        return UpstreamFailure("server", message, status)
+    return UpstreamFailure("request", message, status)
+
+
+def failure_from_event(error: Any) -> UpstreamFailure:
+    """Classify an error that arrived inside a 200 stream as a data event."""
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    failure = classify_failure(status, {"error": error})
+    return failure if failure.kind != "request" else UpstreamFailure("broken", failure.message, status)
+
+
+def failure_from_exception(exc: BaseException) -> UpstreamFailure:
+    """Turn requests' and urllib3's network exceptions into one UpstreamFailure."""
+    if isinstance(exc, (requests.ConnectTimeout, requests.ConnectionError)) and not isinstance(
+            exc, requests.ReadTimeout):
+        return UpstreamFailure("unreachable", "could not connect to the upstream")
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return UpstreamFailure("broken", "the upstream stopped answering (read timeout)")
+    return UpstreamFailure("broken", "the connection to the upstream broke")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def next_pacific_midnight(now: float) -> float:
+    """When Gemini's per-day quotas reset: the next midnight in California."""
+    try:
+        zone = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:
+        zone = timezone(timedelta(hours=-8))
+    local = datetime.fromtimestamp(now, zone)
+    return (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def quota_mark(key: ApiKey, model: str) -> str:
+    return f"quota|{key.group}|{model}"
+
+
+def invalid_mark(key: ApiKey) -> str:
+    return f"invalid|{key.id}"
+
+
+@dataclass
+class KeyPlan:
+    """The keys one request may try, in order, and when a cooling one comes back."""
+
+    keys: list
+    retry_at: float | None = None
+    all_invalid: bool = False
+
+
+class KeyPool:
+    """One provider's keys with their shared rotation counter and cooldowns."""
+
+    def __init__(self, provider: str, keys: tuple, store: "StateStore"):
+        self.provider, self.keys, self.store = provider, keys, store
+
+    def plan(self, model: str) -> KeyPlan:
+        """Take this request's turn and order the usable keys from it."""
+        turn, marks = self.store.take_turn(self.provider)
+        now = time.time()
+        ordered = [self.keys[(turn + i) % len(self.keys)] for i in range(len(self.keys))]
+        usable, quota_returns = [], []
+        for key in ordered:
+            invalid = marks.get(invalid_mark(key), 0) > now
+            quota = marks.get(quota_mark(key, model), 0)
+            if quota > now and not invalid:
+                quota_returns.append(quota)
+            if not invalid and quota <= now:
+                usable.append(key)
+        return KeyPlan(usable, min(quota_returns, default=None), not usable and not quota_returns)
+
+    def note_failure(self, key: ApiKey, model: str, failure: UpstreamFailure) -> None:
+        """Remember a rate-limited or invalid key so no worker tries it again too soon."""
+        now = time.time()
+        if failure.kind == "rate_limit":
+            until = next_pacific_midnight(now) if failure.per_day else now + failure.retry_after
+            self.store.add_marks(self.provider, {quota_mark(key, model): until})
+        elif failure.kind == "invalid_key":
+            self.store.add_marks(self.provider, {invalid_mark(key): now + INVALID_KEY_COOLDOWN})
+
+    def cooling_until(self, model: str) -> float | None:
+        """When the first rate-limited key for this model comes back, if all are out."""
+        marks = self.store.peek(self.provider)
+        now = time.time()
+        returns = [marks.get(quota_mark(k, model), 0) for k in self.keys]
+        live = [r for r in returns if r > now]
+        return min(live) if live and len(live) == len(self.keys) else None
+
+
+# ---------------------------------------------------------------- state
+
+
+class StateStore:
+    """Shared state: per-provider rotation counters and expiring cooldown marks.
+
+    The file store below is the default; a Redis store can implement the same
+    three methods.
+    """
+
+    def take_turn(self, provider: str) -> tuple:
+        """Advance the provider's counter; return its previous value and the live marks."""
+        raise NotImplementedError
+
+    def add_marks(self, provider: str, marks: dict) -> None:
+        """Record cooldown marks (name -> epoch seconds until which they hold)."""
+        raise NotImplementedError
+
+    def peek(self, provider: str) -> dict:
+        """The live marks, without taking a turn."""
+        raise NotImplementedError
+
+
+class FileStateStore(StateStore):
+    """State in TEMP_DATA_DIR as one JSON file per provider, changed under a file lock.
+
+    The lock is held only to read, change and atomically replace the file,
+    never across network I/O.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.locks = {}
+
+    def take_turn(self, provider):
+        with self.locked(provider) as state:
+            turn = state["counter"]
+            state["counter"] = (turn + 1) % (2 ** 31)
+            return turn, dict(state["marks"])
+
+    def add_marks(self, provider, marks):
+        with self.locked(provider) as state:
+            for name, until in marks.items():
+                state["marks"][name] = max(until, state["marks"].get(name, 0))
+
+    def peek(self, provider):
+        return self.read(self.path(provider))["marks"]
+
+    def path(self, provider: str) -> Path:
+        return self.directory / f"keys-{provider}.json"
+
+    @contextmanager
+    def locked(self, provider: str):
+        """Yield the provider's state for changing; write it back atomically."""
+        path = self.path(provider)
+        lock = self.locks.setdefault(provider, FileLock(f"{path}.lock", poll_interval=0.001))
+        with lock:
+            state = self.read(path)
+            yield state
+            now = time.time()
+            state["marks"] = {k: v for k, v in state["marks"].items() if v > now}
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, path)
+
+    @staticmethod
+    def read(path: Path) -> dict:
+        """The stored state; a missing or corrupt file starts again from zero."""
+        try:
+            state = json.loads(path.read_text())
+            if isinstance(state.get("counter"), int) and isinstance(state.get("marks"), dict):
+                return state
+            log.warning("state file %s has an unexpected shape; starting again", path.name)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError):
+            log.warning("state file %s is unreadable; starting again", path.name)
+        return {"counter": 0, "marks": {}}
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with the user's message, as base64."""
+
+    mime_type: str
+    data: str
+    filename: str = ""
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat request, whichever shape it came in."""
+
+    shape: str
+    provider: str
+    model: str
+    message: str
+    history: list = field(default_factory=list)
+    system: str | None = None
+    attachment: Attachment | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = True
+
+
+def resolve_model(name: str | None, config: Config) -> tuple:
+    """Pick the provider for a model name and strip an explicit provider prefix."""
+    name = (name or config.default_model).strip()
+    if name == ECHO_MODEL:
+        return "echo", name
+    prefix, _, rest = name.partition("/")
+    if prefix in PROVIDERS and rest:
+        provider, name = prefix, rest
+    else:
+        provider = "gemini" if name.startswith(("gemini", "gemma")) else "zju"
+    if not config.keys(provider):
+        raise ChatError(400, f"model {name!r} is served by {PROVIDER_NAMES[provider]}, "
+                             f"but {KEY_VARIABLES[provider]} is not set")
+    return provider, name
+
+
+def optional(body: dict, name: str, kind, check=None, hint="") -> Any:
+    """A field's value if present and valid; None if absent or null; else a 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    valid = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not valid or (check and not check(value)):
+        raise ChatError(400, f"'{name}' must be {hint}")
+    return value
+
+
+def parse_history(raw: Any) -> list:
+    """Earlier turns as [{"role": "user"|"assistant", "content": str}]."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ChatError(400, "'history' must be a list of {role, content} objects")
+    turns = []
+    for index, turn in enumerate(raw):
+        role = turn.get("role") if isinstance(turn, dict) else None
+        content = turn.get("content") if isinstance(turn, dict) else None
+        role = "assistant" if role == "model" else role
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise ChatError(400, f"'history[{index}]' must have role 'user' or 'assistant' "
+                                 "and string content")
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+def parse_attachment(raw: Any, config: Config) -> Attachment | None:
+    """A checked file_data object {mime_type, data (base64), filename?}."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), str) \
+            or not isinstance(raw.get("mime_type"), str):
+        raise ChatError(400, "'file_data' must be an object with string 'mime_type' and 'data' "
+                             "(base64), as /api/upload returns it")
+    data = raw["data"].strip()
+    if data.startswith("data:") and ";base64," in data:
+        data = data.split(";base64,", 1)[1]
+    if len(data) * 3 // 4 > config.max_upload_bytes + 2:
+        raise ChatError(413, f"the file is larger than {config.max_upload_mb:g} MB")
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChatError(400, "'file_data.data' is not valid base64") from None
+    filename = raw.get("filename") if isinstance(raw.get("filename"), str) else ""
+    mime = raw["mime_type"].strip().lower() or guess_mime(filename)
+    return Attachment(mime_type=mime, data=data, filename=filename)
+
+
+def parse_chat_request(body: dict, config: Config) -> ChatRequest:
+    """Validate a /api/chat body of either source shape into a ChatRequest."""
+    if "user_content" in body:
+        shape, field_name = "B", "user_content"
+    elif "message" in body:
+        shape, field_name = "A", "message"
+    else:
+        raise ChatError(400, "the body needs 'message' (streaming chat) or 'user_content' "
+                             "(OpenAI-style chat)")
+    message = optional(body, field_name, str, hint="a string") or ""
+    attachment = parse_attachment(body.get("file_data"), config)
+    if not message.strip() and attachment is None:
+        raise ChatError(400, f"'{field_name}' is empty: send a message or a file")
+    model = optional(body, "model", str, lambda v: bool(v.strip()), "a non-empty string")
+    provider, model = resolve_model(model, config)
+    if attachment and provider == "zju" and not openai_takes(attachment.mime_type):
+        raise ChatError(400, f"{attachment.mime_type} files cannot go to the OpenAI-compatible "
+                             "upstream; send an image or a text file, or use a Gemini model")
+    return ChatRequest(
+        shape=shape, provider=provider, model=model, message=message,
+        history=parse_history(body.get("history")),
+        system=optional(body, "system_content", str, hint="a string") or None,
+        attachment=attachment,
+        temperature=optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2,
+                             "a number from 0 to 2"),
+        max_tokens=optional(body, "max_tokens", int, lambda v: v > 0, "a positive integer"),
+        stream=shape == "A" or bool(optional(body, "stream", bool, hint="true or false")),
+    )
+
+
+def guess_mime(filename: str) -> str:
+    """A content type from a file name, for uploads that name none."""
+    return mimetypes.guess_type(filename or "")[0] or "application/octet-stream"
+
+
+# ---------------------------------------------------------------- upstream adapters
+
+
+class Delta(NamedTuple):
+    """One neutral piece of an answer: text, reasoning, finish (reason) or usage (dict)."""
+
+    kind: str
+    value: Any
+
+
+def thinking_model(model: str) -> bool:
+    """Whether a Gemini model takes thinkingConfig (2.5 and later; not 1.x, 2.0 or Gemma)."""
+    return model.startswith("gemini-") and not model.startswith(("gemini-1", "gemini-2.0"))
+
+
+def gemini_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
+    """URL, headers and JSON body of a Gemini generateContent call."""
+    contents = [{"role": "model" if t["role"] == "assistant" else "user",
+                 "parts": [{"text": t["content"]}]} for t in chat.history]
+    parts = [{"text": chat.message}] if chat.message else []
+    if chat.attachment:
+        parts.append({"inline_data": {"mime_type": chat.attachment.mime_type,
+                                      "data": chat.attachment.data}})
+    contents.append({"role": "user", "parts": parts})
+    generation = dict(GEMINI_DEFAULTS)
+    if chat.temperature is not None:
+        generation["temperature"] = chat.temperature
+    if chat.max_tokens is not None:
+        generation["maxOutputTokens"] = chat.max_tokens
+    if thinking_model(chat.model):
+        generation["thinkingConfig"] = {"includeThoughts": True}
+    body = {"contents": contents, "generationConfig": generation}
+    if chat.system:
+        body["systemInstruction"] = {"parts": [{"text": chat.system}]}
+    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    url = f"{config.gemini_base_url}/models/{quote(chat.model, safe='')}:{method}"
+    return url, {"x-goog-api-key": key.secret}, body
+
+
+def gemini_usage(meta: dict) -> dict:
+    """Gemini usageMetadata (a running total) in OpenAI's usage shape."""
+    prompt = meta.get("promptTokenCount", 0)
+    completion = meta.get("candidatesTokenCount", 0) + meta.get("thoughtsTokenCount", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": meta.get("totalTokenCount", prompt + completion)}
+
+
+def gemini_finish(reason: str) -> str:
+    if reason in FINISH_REASONS:
+        return FINISH_REASONS[reason]
+    return "content_filter" if reason in FILTER_FINISHES else "stop"
+
+
+def gemini_deltas(event: dict) -> list:
+    """The deltas in one Gemini GenerateContentResponse (a stream chunk or a whole answer)."""
+    if "error" in event:
+        raise failure_from_event(event["error"])
+    candidates = event.get("candidates") or []
+    blocked = (event.get("promptFeedback") or {}).get("blockReason")
+    if not candidates and blocked:
+        raise UpstreamFailure("request", f"Gemini blocked the prompt (reason: {blocked})")
+    deltas = [Delta("usage", gemini_usage(event["usageMetadata"]))] if event.get(
+        "usageMetadata") else []
+    candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
+    texts = {"reasoning": [], "text": []}
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"]:
+            texts["reasoning" if part.get("thought") else "text"].append(part["text"])
+    deltas += [Delta(kind, "".join(pieces)) for kind, pieces in texts.items() if pieces]
+    if candidate.get("finishReason"):
+        deltas.append(Delta("finish", gemini_finish(candidate["finishReason"])))
+    return deltas
+
+
+def openai_content(chat: ChatRequest) -> Any:
+    """The user's turn as OpenAI message content: a string, or parts with an image."""
+    file = chat.attachment
+    if file is None:
+        return chat.message
+    if file.mime_type.startswith("image/"):
+        parts = [{"type": "text", "text": chat.message}] if chat.message else []
+        url = f"data:{file.mime_type};base64,{file.data}"
+        return parts + [{"type": "image_url", "image_url": {"url": url}}]
+    text = base64.b64decode(file.data).decode("utf-8", errors="replace")
+    header = f"[file {file.filename}]" if file.filename else "[file]"
+    return f"{chat.message}\n\n{header}\n{text}".strip()
+
+
+def openai_takes(mime_type: str) -> bool:
+    """Whether a file can go to the OpenAI-compatible upstream (as an image part or as text)."""
+    return mime_type.startswith(("image/", "text/")) or mime_type == "application/json"
+
+
+def openai_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
+    """URL, headers and JSON body of an OpenAI-compatible chat/completions call."""
+    messages = [{"role": "system", "content": chat.system}] if chat.system else []
+    messages += chat.history + [{"role": "user", "content": openai_content(chat)}]
+    body = {"model": chat.model, "messages": messages, "stream": stream}
+    if chat.temperature is not None:
+        body["temperature"] = chat.temperature
+    if chat.max_tokens is not None:
+        body["max_tokens"] = chat.max_tokens
+    return (f"{config.zju_base_url}/chat/completions",
+            {"Authorization": f"Bearer {key.secret}"}, body)
+
+
+def openai_deltas(event: dict) -> list:
+    """The deltas in one OpenAI chat.completion.chunk (or a whole chat.completion)."""
+    if "error" in event:
+        raise failure_from_event(event["error"])
+    deltas = [Delta("usage", event["usage"])] if isinstance(event.get("usage"), dict) else []
+    choices = event.get("choices") or []
+    choice = choices[0] if isinstance(choices[0] if choices else None, dict) else {}
+    delta = choice.get("delta") or choice.get("message") or {}
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        deltas.append(Delta("reasoning", reasoning))
+    if isinstance(delta.get("content"), str) and delta["content"]:
+        deltas.append(Delta("text", delta["content"]))
+    if choice.get("finish_reason"):
+        deltas.append(Delta("finish", choice["finish_reason"]))
+    return deltas
+
+
+def echo_deltas(chat: ChatRequest) -> Iterator:
+    """The built-in echo model: the user's message back, word by word."""
+    text = chat.message
+    if chat.attachment:
+        size = len(chat.attachment.data) * 3 // 4
+        text = f"{text}\n\n(received {chat.attachment.filename or 'a file'}, " \
+               f"{chat.attachment.mime_type}, about {size} bytes)".strip()
+    for index, word in enumerate(re.findall(r"\s*\S+\s*", text) or [text]):
+        if index:
+            time.sleep(ECHO_WORD_DELAY)
+        yield Delta("text", word)
+    words = len(text.split())
+    yield Delta("usage", {"prompt_tokens": words, "completion_tokens": words,
+                          "total_tokens": 2 * words})
+    yield Delta("finish", "stop")
+
+
+ADAPTERS = {"gemini": (gemini_request, gemini_deltas), "zju": (openai_request, openai_deltas)}
+
+# ---------------------------------------------------------------- SSE reading and writing
+
+LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def iter_sse_data(chunks: Iterable) -> Iterator:
+    """Yield ("data", text) per SSE event from raw byte chunks, however they are split.
+
+    Lines end in CRLF, CR or LF, even across chunk edges; each line is decoded
+    as UTF-8 only once complete. Comments are skipped. Lines that are not SSE
+    fields (a raw JSON error tail) are collected and yielded last as ("raw", text).
+    """
+    buffer, data, raw = b"", [], []
+    for chunk in chunks:
+        buffer += chunk
+        start = 0
+        for match in LINE_END.finditer(buffer):
+            if match.group() == b"\r" and match.end() == len(buffer):
+                break  # maybe the first half of a CRLF split across reads
+            event = sse_line(buffer[start:match.start()], data, raw)
+            if event is not None:
+                yield event
+            start = match.end()
+        buffer = buffer[start:]
+    if buffer:
+        sse_line(buffer, data, raw)
+    if data:
+        yield "data", "\n".join(data)
+    if raw:
+        yield "raw", "\n".join(raw)
+
+
+def sse_line(line: bytes, data: list, raw: list):
+    """Take one SSE line; return a finished event at a blank line."""
+    if not line:
+        if data:
+            event = ("data", "\n".join(data))
+            data.clear()
+            return event
+        return None
+    text = line.decode("utf-8", errors="replace")
+    name, colon, value = text.partition(":")
+    if name == "data":
+        data.append(value[1:] if value.startswith(" ") else value)
+    elif not text.startswith(":") and name not in ("event", "id", "retry"):
+        raw.append(text)
+    return None
+
+
+def iter_deltas(events: Iterable, translate: Callable) -> Iterator:
+    """Upstream SSE events to deltas; finish and usage come last; a cut-off stream raises."""
+    finish, usage, done = None, None, False
+    for kind, payload in events:
+        if kind == "raw":
+            tail = parse_json(payload)
+            if isinstance(tail, list) and tail:
+                tail = tail[0]
+            if isinstance(tail, dict) and "error" in tail:
+                raise failure_from_event(tail["error"])
+            continue
+        if payload.strip() == "[DONE]":
+            done = True
+            break
+        event = parse_json(payload)
+        if not isinstance(event, dict):
+            raise UpstreamFailure("broken", "the upstream sent an event that is not JSON")
+        for delta in translate(event):
+            if delta.kind == "finish":
+                finish = delta.value
+            elif delta.kind == "usage":
+                usage = delta.value
+            else:
+                yield delta
+    if finish is None and not done:
+        raise UpstreamFailure("broken", "the upstream stream ended before the answer was "
+                                        "complete (cut off)")
+    if usage:
+        yield Delta("usage", usage)
+    yield Delta("finish", finish or "stop")
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def iter_body(response: requests.Response) -> Iterator:
+    """Raw bytes from an upstream response as they arrive, network errors made failures."""
+    try:
+        while True:
+            chunk = response.raw.read1(READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise failure_from_exception(exc) from None
+
+
+def sse(obj: Any) -> bytes:
+    """One SSE event; JSON unescaped, as the Persian source writes it."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+PING = b": ping\n\n"
+
+
+class ShapeAWriter:
+    """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
+
+    def start(self) -> bytes:
+        return b""
+
+    def event(self, delta: Delta) -> bytes:
+        if delta.kind in CONTENT_KINDS:
+            return sse({delta.kind: delta.value})
+        return b""
+
+    def done(self) -> bytes:
+        return sse({"done": True})
+
+    def error(self, message: str) -> bytes:
+        return sse({"error": message})
+
+
+class ShapeBWriter(ShapeAWriter):
+    """The Chinese source's stream: chat.completion.chunk objects, no [DONE]."""
+
+    def __init__(self, model: str):
+        self.base = {"id": completion_id(), "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": model}
+        self.usage = None
+
+    def chunk(self, delta: dict, finish: str | None = None, **extra) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return sse({**self.base, "choices": [choice], **extra})
+
+    def start(self) -> bytes:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def event(self, delta: Delta) -> bytes:
+        if delta.kind == "text":
+            return self.chunk({"content": delta.value})
+        if delta.kind == "reasoning":
+            return self.chunk({"reasoning_content": delta.value})
+        if delta.kind == "usage":
+            self.usage = delta.value
+            return b""
+        extra = {"usage": self.usage} if self.usage else {}
+        return self.chunk({}, delta.value, **extra)
+
+    def done(self) -> bytes:
+        return b""
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def completion_from_deltas(deltas: Iterable, model: str) -> dict:
+    """An OpenAI chat.completion object assembled from deltas (Gemini and echo answers)."""
+    texts = {"text": [], "reasoning": []}
+    finish, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for delta in deltas:
+        if delta.kind in texts:
+            texts[delta.kind].append(delta.value)
+        elif delta.kind == "finish":
+            finish = delta.value
+        elif delta.kind == "usage":
+            usage = delta.value
+    message = {"role": "assistant", "content": "".join(texts["text"])}
+    if texts["reasoning"]:
+        message["reasoning_content"] = "".join(texts["reasoning"])
+    return {"id": completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage}
+
+
+# ---------------------------------------------------------------- relaying
+
+
+class Cancel:
+    """Lets the response writer stop upstream work nobody will read."""
+
+    def __init__(self):
+        self.cancelled = False
+        self.response = None
+
+    def track(self, response: requests.Response) -> None:
+        self.response = response
+        if self.cancelled:
+            close_upstream(response)
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise ClientGone()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.response is not None:
+            close_upstream(self.response)
+
+
+def close_upstream(response: requests.Response) -> None:
+    """Close an upstream response now, even while another greenlet or thread reads it."""
+    try:
+        response.raw.shutdown()  # wakes a reader blocked in recv
+    except (ValueError, RuntimeError, OSError, AttributeError):
+        pass
+    response.close()
+
+
+@dataclass
+class Answer:
+    """An upstream answer that has passed the failover checks: its first deltas and the rest."""
+
+    head: list
+    rest: Iterator
+    key: ApiKey | None = None
+    response: requests.Response | None = None
+
+    def deltas(self) -> Iterator:
+        try:
+            yield from self.head
+            yield from self.rest
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.response is not None:
+            close_upstream(self.response)
+
+
+def with_heartbeats(source: Iterator, interval: float) -> Iterator:
+    """Yield source's items, and PING whenever it is silent for `interval` seconds.
+
+    The source runs in its own (green) thread, so a silent upstream cannot hide
+    a departed client: the next ping fails and the writer closes the upstream.
+    """
+    items = queue.Queue()
+
+    def pump():
+        try:
+            for item in source:
+                items.put((True, item))
+            items.put((False, None))
+        except BaseException as exc:  # handed to the writer, which decides
+            items.put((False, exc))
+
+    threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
+    while True:
+        try:
+            more, item = items.get(timeout=interval)
+        except queue.Empty:
+            yield PING
+            continue
+        if not more:
+            if item is not None:
+                raise item
+            return
+        yield item
+
+
+def relay(source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Cancel,
+          interval: float, redact: Callable) -> Iterator:
+    """Write an answer's deltas to the client; any failure becomes one terminal error event."""
+    try:
+        yield writer.start()
+        for item in with_heartbeats(source, interval):
+            if item is PING:
+                yield PING
+                continue
+            if item.kind in CONTENT_KINDS:
+                record.mark_first_token()
+            yield writer.event(item)
+        yield writer.done()
+    except GeneratorExit:
+        record.outcome = "client disconnected"
+        raise
+    except Exception as exc:
+        message = failure_text(exc, redact)
+        record.outcome = f"error: {message}"
+        yield writer.error(message)
+    finally:
+        cancel.cancel()
+
+
+def failure_text(exc: Exception, redact: Callable) -> str:
+    """What a client may read about a failure: never a key, never a traceback."""
+    if isinstance(exc, ChatError):
+        return exc.message
+    if isinstance(exc, UpstreamFailure):
+        return redact(exc.message)
+    log.exception("unexpected error while streaming")
+    return "internal error while streaming the answer"
+
+
+# ---------------------------------------------------------------- service
+
+
+class Service:
+    """The app's long-lived parts: config, key pools, shared state and the HTTP session."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.store = FileStateStore(config.temp_data_dir)
+        self.pools = {p: KeyPool(p, config.keys(p), self.store) for p in PROVIDERS}
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        secrets = [k.secret for p in PROVIDERS for k in config.keys(p)]
+        names = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+        self.secret_pattern = re.compile(f"{names}|{KEY_PATTERN.pattern}" if names else
+                                         KEY_PATTERN.pattern)
+
+    def redact(self, text: str) -> str:
+        """Text with every key-like string masked down to its last four characters."""
+        return self.secret_pattern.sub(lambda m: "…" + m.group()[-4:], text)
+
+    def reserve(self, chat: ChatRequest) -> KeyPlan | None:
+        """The keys this request may try; waits briefly for a cooling key, else 429."""
+        if chat.provider == "echo":
+            return None
+        pool = self.pools[chat.provider]
+        plan = pool.plan(chat.model)
+        if not plan.keys and plan.retry_at is not None:
+            delay = plan.retry_at - time.time()
+            if delay <= self.config.key_wait_seconds:
+                time.sleep(max(0.0, delay) + 0.01)
+                plan = pool.plan(chat.model)
+        if plan.keys:
+            return plan
+        if plan.all_invalid:
+            raise ChatError(503, f"every key in {KEY_VARIABLES[chat.provider]} was rejected as "
+                                 "invalid by the upstream in the last hour")
+        raise ChatError(429, f"every {PROVIDER_NAMES[chat.provider]} key is rate-limited for "
+                             f"{chat.model}; try again later", plan.retry_at - time.time())
+
+    def post(self, chat: ChatRequest, key: ApiKey, stream: bool) -> requests.Response:
+        """Send the request to the provider with this key (in a header, never the URL)."""
+        build = ADAPTERS[chat.provider][0]
+        url, headers, body = build(chat, key, self.config, stream)
+        if stream:
+            headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
+        try:
+            return self.session.post(url, json=body, headers=headers, stream=stream,
+                                     timeout=(self.config.connect_timeout,
+                                              self.config.read_timeout))
+        except requests.RequestException as exc:
+            raise failure_from_exception(exc) from None
+
+    def open_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
+        """Open a streaming answer and read up to its first content, or raise a failure."""
+        response = self.post(chat, key, stream=True)
+        cancel.track(response)
+        try:
+            if response.status_code != 200:
+                raise classify_failure(response.status_code, read_error_body(response),
+                                       response.headers)
+            rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
+            return Answer(read_until_content(rest), rest, key, response)
+        except BaseException:
+            close_upstream(response)
+            raise
+
+    def fetch_completion(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> dict:
+        """A whole (non-streaming) answer as an OpenAI chat.completion object."""
+        response = self.post(chat, key, stream=False)
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, parse_json(response.text),
+                                   response.headers)
+        body = parse_json(response.text)
+        if not isinstance(body, dict):
+            raise UpstreamFailure("broken", "the upstream answered with something that is not JSON")
+        deltas = ADAPTERS[chat.provider][1](body)
+        read_until_content(iter(deltas + [Delta("finish", "stop")]))
+        return completion_from_deltas(deltas, chat.model) if chat.provider == "gemini" else body
+
+    def with_failover(self, chat: ChatRequest, plan: KeyPlan, attempt: Callable,
+                      cancel: Cancel, record: RequestLog) -> Any:
+        """Try the planned keys in order until one gives a usable answer."""
+        failures = []
+        for key in plan.keys:
+            cancel.check()
+            record.attempts += 1
+            record.key = key.suffix
+            try:
+                return attempt(chat, key, cancel)
+            except UpstreamFailure as failure:
+                failure.message = self.redact(failure.message)
+                self.pools[chat.provider].note_failure(key, chat.model, failure)
+                log.warning("%s key %s failed (%s): %s", chat.provider, key.suffix,
+                            failure.kind, failure.message)
+                if not failure.failover:
+                    raise self.give_up(chat, [failure]) from None
+                failures.append(failure)
+        cancel.check()
+        raise self.give_up(chat, failures)
+
+    def give_up(self, chat: ChatRequest, failures: list) -> ChatError:
+        """The error for a request whose attempts all failed."""
+        name = PROVIDER_NAMES[chat.provider]
+        if failures and all(f.kind == "rate_limit" for f in failures):
+            until = self.pools[chat.provider].cooling_until(chat.model) or time.time() + 1
+            return ChatError(429, f"every {name} key is rate-limited for {chat.model}; "
+                                  "try again later", until - time.time())
+        if failures and all(f.kind == "unreachable" for f in failures):
+            return ChatError(503, f"could not reach {name}")
+        last = failures[-1] if failures else UpstreamFailure("server", "no key could be tried")
+        status = f" ({last.status})" if last.status else ""
+        return ChatError(500, f"{name} answered with an error{status}: {last.message}")
+
+    def stream_answer(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
+                      record: RequestLog) -> Answer:
+        """The answer to stream: from echo, or from the first key that works."""
+        if chat.provider == "echo":
+            return Answer([], echo_deltas(chat))
+        return self.with_failover(chat, plan, self.open_stream, cancel, record)
+
+    def complete(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
+                 record: RequestLog) -> dict:
+        """A whole answer as a chat.completion object."""
+        if chat.provider == "echo":
+            return completion_from_deltas(echo_deltas(chat), chat.model)
+        return self.with_failover(chat, plan, self.fetch_completion, cancel, record)
+
+
+def read_until_content(deltas: Iterator) -> list:
+    """Read deltas up to the first text or reasoning; an answer with none is a failure."""
+    head = []
+    for delta in deltas:
+        head.append(delta)
+        if delta.kind in CONTENT_KINDS:
+            return head
+        if delta.kind == "finish" and delta.value in ("content_filter", "length"):
+            why = "its content filter" if delta.value == "content_filter" else "the token limit"
+            raise UpstreamFailure("request", f"the answer was stopped by {why} before any text")
+    raise UpstreamFailure("broken", "the upstream finished without any content")
+
+
+def read_error_body(response: requests.Response) -> Any:
+    """The parsed JSON of an upstream error response, read up to a limit."""
+    try:
+        body = b"".join(iter_limited(response, ERROR_BODY_LIMIT))
+    except UpstreamFailure:
+        body = b""
+    return parse_json(body.decode("utf-8", errors="replace")) or body.decode(
+        "utf-8", errors="replace")[:500]
+
+
+def iter_limited(response: requests.Response, limit: int) -> Iterator:
+    size = 0
+    for chunk in iter_body(response):
+        size += len(chunk)
+        yield chunk
+        if size >= limit:
+            return
+
+
+# ---------------------------------------------------------------- app and error handlers
+
+bp = Blueprint("chatbridge", __name__)
+
+
+def service() -> Service:
+    return current_app.extensions["chatbridge"]
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the Flask app; tests pass their own Config."""
+    config = config or load_config()
+    setup_logging(config.log_language)
+    app = Flask(__name__)
+    app.json.ensure_ascii = False
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 1024 * 1024
+    app.extensions["chatbridge"] = Service(config)
+    CORS(app, origins=list(config.cors_origins), expose_headers=["Retry-After"])
+    app.register_blueprint(bp)
+    app.register_error_handler(ChatError, chat_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+    app.before_request(start_record)
+    app.after_request(log_when_done)
+    announce(config)
+    return app
+
+
+def announce(config: Config) -> None:
+    """Say at start what is configured, and warn about what is missing or open."""
+    counts = {p: len(config.keys(p)) for p in PROVIDERS}
+    if not any(counts.values()):
+        log.warning("no API keys configured (ALL_GEMINI_API_KEYS, ZJU_API_KEY): only the "
+                    "built-in 'echo' model is available")
+    else:
+        log.info("keys loaded: gemini=%d zju=%d; default model %s", counts["gemini"],
+                 counts["zju"], config.default_model)
+    if "*" in config.cors_origins:
+        log.warning("CORS allows every origin; in production set CORS_ORIGINS to your "
+                    "frontend's origins")
+
+
+def chat_error(error: ChatError):
+    return jsonify(error=error.message), error.status, error.headers()
+
+
+def http_error(error: HTTPException):
+    """werkzeug's own errors (404, 405, 413, 415 …) as JSON, never an HTML page."""
+    if error.code is None or error.code < 400:
+        return error
+    messages = {
+        404: f"no such endpoint: {request.method} {request.path}",
+        405: f"{request.method} is not allowed on {request.path}",
+        413: f"the request body is larger than the {service().config.max_upload_mb:g} MB "
+             "file limit allows",
+    }
+    message = messages.get(error.code, error.description or error.name)
+    response = jsonify(error=message)
+    response.status_code = error.code
+    for name in ("Allow", "Retry-After"):
+        if name in error.get_headers():
+            response.headers[name] = dict(error.get_headers())[name]
+    return response
+
+
+def unexpected_error(error: Exception):
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return jsonify(error="internal server error"), 500
+
+
+def start_record():
+    g.chat_log = RequestLog()
+
+
+def log_when_done(response: Response) -> Response:
+    """Log one line per request once its body has been sent (streams included)."""
+    record, method, path = g.chat_log, request.method, request.path
+    level = logging.DEBUG if path == "/healthz" else logging.INFO
+    response.call_on_close(lambda: log.log(level, record.line(method, path,
+                                                              response.status_code)))
+    return response
+
+
+def sse_response(stream: Iterator) -> Response:
+    return Response(stream, content_type="text/event-stream; charset=utf-8", headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def read_json_body() -> dict:
+    """The request's JSON object body, or a clear 415/400."""
+    if not request.is_json:
+        raise ChatError(415, "Content-Type must be application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ChatError(400, "the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ChatError(400, "the body must be a JSON object")
+    return body
+
+
+# ---------------------------------------------------------------- routes
+
+
+def providers_status() -> dict:
+    return {p: len(service().config.keys(p)) for p in PROVIDERS}
+
+
+@bp.get("/")
+def index():
+    """The chat page for browsers; a JSON greeting for everything else."""
+    if any(kind in ("text/html", "application/xhtml+xml") for kind, _ in request.accept_mimetypes):
+        return render_template("index.html", default_model=service().config.default_model)
+    return jsonify(message="چتبات API آماده است", service="ChatBridge",
+                   providers=providers_status(), default_model=service().config.default_model)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", providers=providers_status())
+
+
+@bp.post("/api/chat")
+def chat():
+    """Answer either source shape; the status is settled before the first byte."""
+    svc = service()
+    chat_request = parse_chat_request(read_json_body(), svc.config)
+    record = g.chat_log
+    record.shape, record.provider, record.model = (chat_request.shape, chat_request.provider,
+                                                   chat_request.model)
+    plan = svc.reserve(chat_request)
+    cancel = Cancel()
+    if chat_request.shape == "B" and not chat_request.stream:
+        return jsonify(svc.complete(chat_request, plan, cancel, record))
+    if chat_request.shape == "A":
+        source = lazy_answer(svc, chat_request, plan, cancel, record)
+        writer = ShapeAWriter()
+    else:
+        source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
+        writer = ShapeBWriter(chat_request.model)
+    response = sse_response(relay(source, writer, record, cancel, svc.config.ping_seconds,
+                                  svc.redact))
+    response.call_on_close(cancel.cancel)
+    return response
+
+
+def lazy_answer(svc: Service, chat_request: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
+                record: RequestLog) -> Iterator:
+    """Shape A opens the upstream inside the stream, so it can ping while failing over."""
+    yield from svc.stream_answer(chat_request, plan, cancel, record).deltas()
+
+
+@bp.post("/api/upload")
+def upload():
+    """A multipart file as base64 file_data, ready to send with a chat message."""
+    limit = service().config.max_upload_bytes
+    file = request.files.get("file")
+    if file is None:
+        raise ChatError(400, "no file: send it as the multipart form field 'file'")
+    if not file.filename:
+        raise ChatError(400, "the file has no name: choose a file to upload")
+    content = file.read(limit + 1)
+    if len(content) > limit:
+        raise ChatError(413, f"the file is larger than {service().config.max_upload_mb:g} MB")
+    mime = file.mimetype
+    if not mime or mime == "application/octet-stream":
+        mime = guess_mime(file.filename)
+    return jsonify(success=True, file_data={"mime_type": mime,
+                                            "data": base64.b64encode(content).decode("ascii"),
+                                            "filename": file.filename})
+
+
+# ---------------------------------------------------------------- entry point
+
+app = create_app()
+
+if __name__ == "__main__":
+    app.run(host="0.0.0.0", port=app.extensions["chatbridge"].config.port, threaded=True)

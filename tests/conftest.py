@@ -1,0 +1,154 @@
+"""Fixtures: fake upstreams on 127.0.0.1 and the app under real gunicorn with gevent workers."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fakes import FakeGemini, FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
+               "AIzaFakeGeminiKeyNumber3cccc"]
+ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "sk-fakeZjuKeyNumberTwo2222"]
+CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL",
+           "GEMINI_MODEL", "DEFAULT_MODEL", "PORT", "CORS_ORIGINS", "TEMP_DATA_DIR",
+           "MAX_UPLOAD_MB", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT",
+           "KEY_WAIT_SECONDS", "SSE_PING_SECONDS", "LOG_LANGUAGE", "HTTP_PROXY", "HTTPS_PROXY",
+           "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """A developer's own keys and proxies never reach a test."""
+    for name in CLEARED:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def fake_gemini():
+    server = FakeGemini().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_openai():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gemini(fake_gemini):
+    """The fake Gemini, reset for this test."""
+    fake_gemini.reset()
+    yield fake_gemini
+    fake_gemini.reset()
+
+
+@pytest.fixture
+def openai(fake_openai):
+    fake_openai.reset()
+    yield fake_openai
+    fake_openai.reset()
+
+
+class Gunicorn:
+    """app:app under gunicorn with gevent workers on a free 127.0.0.1 port."""
+
+    def __init__(self, env: dict, data_dir: Path, workers: int = 3):
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"gunicorn-{data_dir.name}.log"
+        environ = {k: v for k, v in os.environ.items() if k not in CLEARED}
+        environ.update(TEMP_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **env)
+        command = [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+                   "--worker-class", "gevent", "--bind", "127.0.0.1:0", "--timeout", "600",
+                   "--graceful-timeout", "2", "--no-control-socket", "app:app"]
+        self.log_file = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=self.log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = self.wait_until_ready(workers)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until_ready(self, workers: int, deadline: float = 30.0) -> str:
+        """The base URL once /healthz answers; the log is shown if it never does."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                break
+            found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", self.log())
+            booted = self.log().count("Booting worker")
+            if found and booted >= workers:
+                try:
+                    if requests.get(found.group(1) + "/healthz", timeout=2).ok:
+                        return found.group(1)
+                except requests.RequestException:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not become ready:\n" + self.log())
+
+    def reset_state(self) -> None:
+        """Forget rotation counters and cooldowns between tests."""
+        for path in self.data_dir.glob("keys-*.json"):
+            path.unlink()
+
+    def stop(self) -> None:
+        """SIGINT stops at once; then make sure the whole process group is gone."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def start_gunicorn(tmp_path_factory):
+    """A factory for gunicorn servers; every one is stopped at the end of the session."""
+    servers = []
+
+    def start(env: dict, workers: int = 3) -> Gunicorn:
+        server = Gunicorn(env, tmp_path_factory.mktemp("state"), workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def upstream_env(fake_gemini, fake_openai, **extra) -> dict:
+    return {"ALL_GEMINI_API_KEYS": ",".join(GEMINI_KEYS), "ZJU_API_KEY": ",".join(ZJU_KEYS),
+            "GEMINI_BASE_URL": fake_gemini.base_url, "ZJU_BASE_URL": fake_openai.base_url,
+            "KEY_WAIT_SECONDS": "1", "UPSTREAM_READ_TIMEOUT": "5", "SSE_PING_SECONDS": "0.5",
+            **extra}
+
+
+@pytest.fixture(scope="session")
+def main_server(start_gunicorn, fake_gemini, fake_openai):
+    """The app with three Gemini keys and two ZJU keys pointed at the fakes."""
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai))
+
+
+@pytest.fixture
+def server(main_server, gemini, openai):
+    """The main server with fresh key state and fresh fakes."""
+    main_server.reset_state()
+    yield main_server
+    main_server.reset_state()
