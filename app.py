@@ -203,7 +203,7 @@ def setup_logging(language: str) -> None:
     """Send the service's log lines to stderr, with level names in English or Persian."""
     style = PersianLevelFormatter if language == "fa" else logging.Formatter
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(style("[%(asctime)s] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(style("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -812,8 +812,9 @@ def iter_sse_data(chunks: Iterable) -> Iterator:
                 yield event
             start = match.end()
         buffer = buffer[start:]
-    if buffer:
-        sse_line(buffer, data, raw)
+    event = sse_line(buffer.rstrip(b"\r"), data, raw) if buffer else None
+    if event is not None:
+        yield event
     if data:
         yield "data", "\n".join(data)
     if raw:
@@ -1171,9 +1172,11 @@ class Service:
     def with_failover(self, chat: ChatRequest, plan: KeyPlan, attempt: Callable,
                       cancel: Cancel, record: RequestLog) -> Any:
         """Try the planned keys in order until one gives a usable answer."""
-        failures = []
+        failures, exhausted_groups = [], set()
         for key in plan.keys:
             cancel.check()
+            if key.group in exhausted_groups:
+                continue  # keys of one Google project share its quota
             record.attempts += 1
             record.key = key.suffix
             try:
@@ -1185,6 +1188,8 @@ class Service:
                             failure.kind, failure.message)
                 if not failure.failover:
                     raise self.give_up(chat, [failure]) from None
+                if failure.kind == "rate_limit":
+                    exhausted_groups.add(key.group)
                 failures.append(failure)
         cancel.check()
         raise self.give_up(chat, failures)
@@ -1199,8 +1204,9 @@ class Service:
         if failures and all(f.kind == "unreachable" for f in failures):
             return ChatError(503, f"could not reach {name}")
         last = failures[-1] if failures else UpstreamFailure("server", "no key could be tried")
-        status = f" ({last.status})" if last.status else ""
-        return ChatError(500, f"{name} answered with an error{status}: {last.message}")
+        if last.status is None:
+            return ChatError(500, last.message)
+        return ChatError(500, f"{name} answered with an error ({last.status}): {last.message}")
 
     def stream_answer(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                       record: RequestLog) -> Answer:

@@ -1,0 +1,198 @@
+"""Rotation, failover and cooldowns of the key pool, through gunicorn with 3 gevent workers."""
+
+import multiprocessing
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+import app as chatbridge
+from tests.client import events, post_chat, shape_a_text
+from tests.conftest import GEMINI_KEYS, ZJU_KEYS, upstream_env
+from tests.fakes import (Reply, gemini_429, gemini_code_status, gemini_error, gemini_invalid_key,
+                         gemini_sse, openai_error)
+
+K0, K1, K2 = GEMINI_KEYS
+
+
+def ask(server, model="gemini-2.5-flash", **extra):
+    """A non-streaming Shape B request, the simplest way to see the final status."""
+    return post_chat(server, {"user_content": "hi", "model": model, **extra})
+
+
+def test_rotation_counts_are_exact_across_workers(server, gemini):
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda _: ask(server).status_code, range(30)))
+    assert statuses == [200] * 30
+    assert Counter(gemini.keys_seen()) == {K0: 10, K1: 10, K2: 10}
+
+
+def take_turns(directory, count, results):
+    store = chatbridge.FileStateStore(directory)
+    results.extend([store.take_turn("gemini")[0] for _ in range(count)])
+
+
+def test_counter_is_shared_by_processes(tmp_path):
+    with multiprocessing.Manager() as manager:
+        results = manager.list()
+        workers = [multiprocessing.Process(target=take_turns, args=(tmp_path, 100, results))
+                   for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert sorted(results) == list(range(300))
+
+
+def test_a_corrupt_counter_starts_again_at_zero(tmp_path):
+    (tmp_path / "keys-gemini.json").write_text("{half a file")
+    assert chatbridge.FileStateStore(tmp_path).take_turn("gemini") == (0, {})
+
+
+def test_429_fails_over_and_cools_the_key_for_that_model_only(server, gemini):
+    gemini.script = lambda r: gemini_429("30s") if r.key == K0 and r.model == "gemini-2.5-flash" \
+        else None
+    assert ask(server).status_code == 200
+    assert gemini.keys_seen() == [K0, K1]
+    for _ in range(3):
+        assert ask(server).status_code == 200
+    assert gemini.keys_seen()[2:] == [K1, K2, K1], "the cooling key is skipped, not retried"
+    gemini.reset()
+    for _ in range(3):
+        assert ask(server, "gemini-2.5-pro").status_code == 200
+    assert K0 in gemini.keys_seen(), "the key still serves another model"
+
+
+def test_a_cooled_key_comes_back_after_its_retry_delay(server, gemini):
+    gemini.script = lambda r: gemini_429("1s") if r.key == K0 and len(gemini.requests) == 1 \
+        else None
+    assert ask(server).status_code == 200
+    for _ in range(3):
+        ask(server)
+    assert gemini.keys_seen().count(K0) == 1
+    time.sleep(1.2)
+    for _ in range(3):
+        ask(server)
+    assert gemini.keys_seen().count(K0) == 2
+
+
+def test_invalid_key_is_skipped_for_every_model(server, gemini):
+    gemini.script = lambda r: gemini_invalid_key() if r.key == K0 else None
+    response = post_chat(server, {"message": "hi"})
+    assert shape_a_text(events(response)) == "You said: hi"
+    assert gemini.keys_seen() == [K0, K1]
+    for model in ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash", "gemma-3-4b-it"):
+        assert ask(server, model).status_code == 200
+    assert gemini.keys_seen().count(K0) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 500, 503])
+def test_key_and_server_faults_fail_over(server, gemini, status):
+    gemini.script = lambda r: Reply(status=status, chunks=[b'{"error": {"code": %d}}' % status]) \
+        if r.key == K0 else None
+    assert ask(server).status_code == 200
+    assert gemini.keys_seen() == [K0, K1]
+
+
+def test_a_200_whose_first_event_is_an_error_fails_over(server, gemini):
+    gemini.script = lambda r: Reply(chunks=gemini_sse([gemini_code_status(503)])) \
+        if r.key == K0 else None
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert shape_a_text(payloads) == "You said: hi"
+    assert payloads[-1] == {"done": True}
+    assert not any("error" in p for p in payloads)
+    assert gemini.keys_seen() == [K0, K1]
+
+
+def test_a_200_with_no_content_fails_over(server, gemini):
+    gemini.script = lambda r: Reply(chunks=[]) if r.key == K0 else None
+    assert ask(server, stream=True).status_code == 200
+    assert gemini.keys_seen() == [K0, K1]
+
+
+def test_a_request_fault_is_not_retried_on_other_keys(server, gemini):
+    gemini.script = lambda r: gemini_error(400, "INVALID_ARGUMENT", "Bad thing in the request.")
+    response = ask(server)
+    assert response.status_code == 500
+    assert "Bad thing in the request." in response.json()["error"]
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert "Bad thing" in payloads[-1]["error"]
+    assert len(gemini.requests) == 2, "one attempt per request"
+    gemini.script = None
+    assert ask(server).status_code == 200, "the key was not cooled"
+
+
+def test_every_key_429_gives_429_with_retry_after(server, gemini):
+    gemini.script = lambda r: gemini_429("30s")
+    response = ask(server)
+    assert response.status_code == 429
+    assert 29 <= int(response.headers["Retry-After"]) <= 31
+    assert sorted(gemini.keys_seen()) == sorted(GEMINI_KEYS)
+    started = time.monotonic()
+    again = post_chat(server, {"message": "hi"})
+    assert again.status_code == 429, "Shape A also answers 429 before contacting anyone"
+    assert time.monotonic() - started < 0.8
+    assert len(gemini.requests) == 3, "no upstream was hammered"
+
+
+def test_a_short_cooldown_is_waited_out(server, gemini):
+    gemini.script = lambda r: gemini_429("0.6s") if len(gemini.requests) <= 3 else None
+    assert ask(server).status_code == 429
+    started = time.monotonic()
+    response = ask(server)
+    assert response.status_code == 200
+    assert 0.3 < time.monotonic() - started < 3
+
+
+def test_per_day_quota_cools_until_midnight_pacific(server, gemini):
+    gemini.script = lambda r: gemini_429(None, per_day=True)
+    response = ask(server)
+    assert response.status_code == 429
+    expected = chatbridge.next_pacific_midnight(time.time()) - time.time()
+    assert abs(int(response.headers["Retry-After"]) - expected) < 5
+    assert ask(server).status_code == 429
+    assert len(gemini.requests) == 3
+
+
+def test_zju_429_uses_retry_after_header(server, openai):
+    openai.script = lambda r: Reply(status=429, headers={"Retry-After": "40"}, chunks=[
+        b'{"error": {"message": "Rate limit reached", "type": "rate_limit", "code": 429}}'])
+    response = ask(server, "deepseek-v3-671b")
+    assert response.status_code == 429
+    assert 39 <= int(response.headers["Retry-After"]) <= 41
+    assert sorted(openai.keys_seen()) == sorted(ZJU_KEYS)
+
+
+@pytest.fixture(scope="module")
+def grouped_server(start_gunicorn, fake_gemini, fake_openai):
+    keys = f"projA:{K0}, projA:{K1}, {K2}"
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ALL_GEMINI_API_KEYS=keys))
+
+
+def test_a_group_cools_together(grouped_server, gemini):
+    grouped_server.reset_state()
+    gemini.script = lambda r: gemini_429("30s") if r.key in (K0, K1) else None
+    assert ask(grouped_server).status_code == 200
+    assert gemini.keys_seen() == [K0, K2], "K1 shares K0's project quota"
+    for _ in range(4):
+        assert ask(grouped_server).status_code == 200
+    assert set(gemini.keys_seen()[2:]) == {K2}
+
+
+def test_keys_never_appear_in_responses_or_logs(server, gemini, openai):
+    openai.script = lambda r: openai_error(401, f"Incorrect API key provided: {r.key}.",
+                                           "invalid_api_key")
+    gemini.script = lambda r: gemini_error(400, "INVALID_ARGUMENT", f"Key {r.key} is odd.")
+    bodies = [ask(server, "deepseek-v3-671b").text, ask(server).text,
+              post_chat(server, {"message": "x", "model": "deepseek-v3-671b"}).text,
+              requests.get(server.url + "/healthz", timeout=5).text,
+              requests.get(server.url + "/", timeout=5).text]
+    time.sleep(0.3)
+    log = server.log()
+    assert "Incorrect API key provided" in bodies[0]
+    for secret in GEMINI_KEYS + ZJU_KEYS:
+        for text in bodies + [log]:
+            assert secret not in text
+            assert secret[:10] not in text

@@ -1,0 +1,177 @@
+"""Relaying streams: chunking, cut-offs, failures mid-stream, disconnects, pings, concurrency."""
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.client import events, post_chat, shape_a_text, shape_b_text
+from tests.conftest import GEMINI_KEYS, upstream_env
+from tests.fakes import (Reply, gemini_blocked, gemini_events, gemini_midstream_error,
+                         gemini_raw_error_tail, gemini_sse, gemini_stream, openai_midstream_error,
+                         openai_stream, split_every_byte)
+
+TRICKY = ["Hello, ", "سلام 🌍 ", "line\u2028sep ", "中文\r\nend"]
+
+
+@pytest.mark.parametrize("crlf", [True, False])
+def test_gemini_stream_split_at_every_byte_gives_the_same_text(server, gemini, crlf):
+    gemini.script = lambda r: Reply(chunks=split_every_byte(
+        gemini_sse(gemini_events(TRICKY, thoughts=["ponder é"]), crlf=crlf)))
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert shape_a_text(payloads) == "".join(TRICKY)
+    assert shape_a_text(payloads, "reasoning") == "ponder é"
+    assert payloads[-1] == {"done": True}
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_openai_stream_split_at_every_byte_gives_the_same_text(server, openai, chunked):
+    reply = openai_stream(TRICKY, keepalive=True)
+    openai.script = lambda r: Reply(chunks=split_every_byte(reply.chunks), chunked=chunked)
+    payloads = events(post_chat(server, {"user_content": "hi", "model": "deepseek-v3-671b",
+                                         "stream": True}))
+    assert shape_b_text(payloads) == "".join(TRICKY)
+
+
+def test_events_are_relayed_as_they_arrive(server, gemini):
+    gemini.script = lambda r: Reply(chunks=gemini_sse(gemini_events(["first"], finish=None))
+                                    + [1.0] + gemini_sse(gemini_events([" second"])),
+                                    chunked=False)
+    response = post_chat(server, {"message": "hi"})
+    started = time.monotonic()
+    lines = response.iter_lines()
+    assert next(lines) == b'data: {"text": "first"}'
+    assert time.monotonic() - started < 0.7, "the first event was not held back"
+
+
+def test_a_stream_without_finish_reason_is_reported_cut_off(server, gemini):
+    gemini.script = lambda r: gemini_stream(["partial answer"], finish=None)
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert shape_a_text(payloads) == "partial answer"
+    assert "cut off" in payloads[-1]["error"]
+    assert not any("done" in p for p in payloads)
+    assert len(gemini.requests) == 1, "content had gone out: no second key"
+
+
+def test_an_openai_stream_without_done_or_finish_is_cut_off(server, openai):
+    openai.script = lambda r: openai_stream(["partial"], finish=None, done=False)
+    payloads = events(post_chat(server, {"user_content": "hi", "model": "deepseek-v3-671b",
+                                         "stream": True}))
+    assert shape_b_text(payloads) == "partial"
+    assert "cut off" in payloads[-1]["error"]
+
+
+@pytest.mark.parametrize("reply", [gemini_midstream_error(["some ", "text"]),
+                                   gemini_raw_error_tail(["some ", "text"]),
+                                   Reply(chunks=gemini_sse(gemini_events(["some ", "text"])[:2]),
+                                         drop=True)],
+                         ids=["error-event", "raw-json-tail", "dropped-connection"])
+def test_an_upstream_dying_mid_stream_ends_with_one_error(server, gemini, reply):
+    gemini.script = lambda r: reply
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert shape_a_text(payloads) == "some text"
+    assert list(payloads[-1]) == ["error"] and payloads[-1]["error"]
+    assert sum("error" in p or "done" in p for p in payloads) == 1
+    gemini.script = None
+    assert events(post_chat(server, {"message": "again"}))[-1] == {"done": True}
+
+
+def test_shape_b_mid_stream_error_is_an_error_object(server, openai):
+    openai.script = lambda r: openai_midstream_error(["so far"])
+    payloads = events(post_chat(server, {"user_content": "hi", "model": "deepseek-v3-671b",
+                                         "stream": True}))
+    assert shape_b_text(payloads) == "so far"
+    assert isinstance(payloads[-1]["error"], str)
+
+
+def test_a_blocked_prompt_is_a_clear_error(server, gemini):
+    gemini.script = lambda r: gemini_blocked("SAFETY")
+    payloads = events(post_chat(server, {"message": "bad"}))
+    assert payloads == [{"error": "Gemini blocked the prompt (reason: SAFETY)"}]
+    assert len(gemini.requests) == 1
+
+
+def test_shape_b_stream_that_cannot_start_gets_a_real_status(server, gemini):
+    gemini.script = lambda r: Reply(status=503, chunks=[b'{"error": {"code": 503}}'])
+    response = post_chat(server, {"user_content": "hi", "model": "gemini-2.5-flash",
+                                  "stream": True})
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert len(gemini.requests) == 3
+
+
+@pytest.mark.parametrize("first_chunks", [[], "one event"], ids=["silent", "mid-answer"])
+def test_client_disconnect_closes_the_upstream(server, gemini, first_chunks):
+    chunks = gemini_sse(gemini_events(["hello"], finish=None)) if first_chunks else []
+    gemini.script = lambda r: Reply(chunks=chunks, hang=True)
+    with requests.post(server.url + "/api/chat", json={"message": "hi"}, stream=True,
+                       timeout=10) as response:
+        next(response.iter_lines())  # an event, or a ping while the upstream is silent
+    closed = time.monotonic()
+    assert gemini.wait_for_disconnects(1, 2.0)
+    assert gemini.disconnects[0] - closed < 2.0
+
+
+def test_pings_keep_a_silent_stream_alive(server, gemini):
+    gemini.script = lambda r: Reply(chunks=[1.3] + gemini_stream(["late"]).chunks)
+    response = post_chat(server, {"message": "hi"})
+    assert response.text.startswith(": ping\n\n")
+    assert events(response)[-1] == {"done": True}
+
+
+def test_200_concurrent_streams_finish_concurrently(server, gemini):
+    gemini.script = lambda r: Reply(chunks=gemini_sse(gemini_events(["a"], finish=None)) + [1.0]
+                                    + gemini_sse(gemini_events(["b"]))) 
+
+    def one(i):
+        return events(post_chat(server, {"message": f"n{i}"}))[-1]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one, range(200)))
+    assert results == [{"done": True}] * 200
+    assert time.monotonic() - started < 15, "streams were served one after another"
+    assert len(gemini.requests) == 200
+
+
+@pytest.fixture(scope="module")
+def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    dead = f"http://127.0.0.1:{closed_port}/v1beta"
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, GEMINI_BASE_URL=dead))
+
+
+def test_an_unreachable_upstream_is_503(unreachable_server):
+    response = post_chat(unreachable_server, {"user_content": "hi", "model": "gemini-2.5-flash"})
+    assert response.status_code == 503
+    assert "could not reach" in response.json()["error"]
+    payloads = events(post_chat(unreachable_server, {"message": "hi"}))
+    assert "could not reach" in payloads[-1]["error"]
+
+
+@pytest.fixture(scope="module")
+def keyless_server(start_gunicorn):
+    return start_gunicorn({"LOG_LANGUAGE": "fa"})
+
+
+def test_echo_works_with_no_keys(keyless_server):
+    assert requests.get(keyless_server.url + "/healthz", timeout=5).json()["providers"] == {
+        "gemini": 0, "zju": 0}
+    payloads = events(post_chat(keyless_server, {"message": "hello brave new world"}))
+    assert [p.get("text") for p in payloads[:-1]] == ["hello ", "brave ", "new ", "world"]
+    assert payloads[-1] == {"done": True}
+    body = post_chat(keyless_server, {"user_content": "hi there"}).json()
+    assert body["choices"][0]["message"]["content"] == "hi there"
+    refused = post_chat(keyless_server, {"message": "x", "model": "gemini-2.5-flash"})
+    assert refused.status_code == 400 and "ALL_GEMINI_API_KEYS" in refused.json()["error"]
+    refused = post_chat(keyless_server, {"message": "x", "model": "deepseek-r1-671b"})
+    assert refused.status_code == 400 and "ZJU_API_KEY" in refused.json()["error"]
+    time.sleep(0.3)
+    log = keyless_server.log()
+    assert log.count("no API keys configured") >= 1
+    assert "[هشدار]" in log, "LOG_LANGUAGE=fa gives Persian level names"
+    assert "POST /api/chat 200 shape=A provider=echo model=echo" in log
