@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,6 +54,7 @@ GEMINI_DEFAULTS = {"temperature": 0.7, "maxOutputTokens": 4096}  # the Persian s
 RATE_LIMIT_COOLDOWN = 60.0  # when a 429 says nothing about when to come back
 INVALID_KEY_COOLDOWN = 3600.0
 ERROR_BODY_LIMIT = 64 * 1024
+MESSAGE_LIMIT = 500  # characters of an upstream error message passed on
 READ_SIZE = 64 * 1024
 CONTENT_KINDS = ("text", "reasoning")
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
@@ -68,6 +70,11 @@ class ConfigError(Exception):
     """The environment holds settings the service cannot run with."""
 
 
+def fingerprint(secret: str) -> str:
+    """A stable name for a key that is safe to write to shared state."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One upstream key; its secret never appears in repr, logs or files."""
@@ -77,8 +84,7 @@ class ApiKey:
 
     @property
     def id(self) -> str:
-        """A stable name for the key that is safe to write to shared state."""
-        return hashlib.sha256(self.secret.encode()).hexdigest()[:16]
+        return fingerprint(self.secret)
 
     @property
     def suffix(self) -> str:
@@ -118,14 +124,13 @@ class Config:
 def parse_keys(raw: str) -> tuple:
     """Split a comma-separated key list; `group:key` entries share a quota group."""
     keys, seen = [], set()
-    for entry in (part.strip() for part in raw.split(",")):
+    for entry in raw.split(","):
         group, _, secret = entry.rpartition(":")
         group, secret = group.strip(), secret.strip()
-        if not secret or secret in seen:
-            continue
-        seen.add(secret)
-        keys.append(ApiKey(secret=secret, group=f"group:{group}" if group else ""))
-    return tuple(ApiKey(k.secret, k.group or k.id) for k in keys)
+        if secret and secret not in seen:
+            seen.add(secret)
+            keys.append(ApiKey(secret, f"group:{group}" if group else fingerprint(secret)))
+    return tuple(keys)
 
 
 def load_config(environ=os.environ) -> Config:
@@ -336,7 +341,7 @@ def classify_failure(status: int, body: Any, headers=None) -> UpstreamFailure:
     if isinstance(body, list) and body:
         body = body[0]
     error = body.get("error", body) if isinstance(body, dict) else body
-    message = error_message(body, f"upstream answered HTTP {status}")
+    message = error_message(body, f"upstream answered HTTP {status}")[:MESSAGE_LIMIT]
     if status == 429:
         return UpstreamFailure("rate_limit", message, status, retry_delay(error, headers),
                                per_day_quota(error))
@@ -490,8 +495,9 @@ class FileStateStore(StateStore):
     def locked(self, provider: str):
         """Yield the provider's state for changing; write it back atomically."""
         path = self.path(provider)
-        lock = self.locks.setdefault(provider, FileLock(f"{path}.lock", poll_interval=0.001))
-        with lock:
+        if provider not in self.locks:
+            self.locks[provider] = FileLock(f"{path}.lock", poll_interval=0.001)
+        with self.locks[provider]:
             state = self.read(path)
             yield state
             now = time.time()
@@ -584,7 +590,8 @@ def parse_history(raw: Any) -> list:
         if role not in ("user", "assistant") or not isinstance(content, str):
             raise ChatError(400, f"'history[{index}]' must have role 'user' or 'assistant' "
                                  "and string content")
-        turns.append({"role": role, "content": content})
+        if content.strip():  # upstreams refuse empty turns
+            turns.append({"role": role, "content": content})
     return turns
 
 
@@ -995,10 +1002,8 @@ class Cancel:
 
 def close_upstream(response: requests.Response) -> None:
     """Close an upstream response now, even while another greenlet or thread reads it."""
-    try:
+    with suppress(ValueError, RuntimeError, OSError, AttributeError):
         response.raw.shutdown()  # wakes a reader blocked in recv
-    except (ValueError, RuntimeError, OSError, AttributeError):
-        pass
     response.close()
 
 
@@ -1159,10 +1164,10 @@ class Service:
     def fetch_completion(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> dict:
         """A whole (non-streaming) answer as an OpenAI chat.completion object."""
         response = self.post(chat, key, stream=False)
+        text = response.content.decode("utf-8", errors="replace")
         if response.status_code != 200:
-            raise classify_failure(response.status_code, parse_json(response.text),
-                                   response.headers)
-        body = parse_json(response.text)
+            raise classify_failure(response.status_code, parse_json(text) or text, response.headers)
+        body = parse_json(text)
         if not isinstance(body, dict):
             raise UpstreamFailure("broken", "the upstream answered with something that is not JSON")
         deltas = ADAPTERS[chat.provider][1](body)
@@ -1298,6 +1303,7 @@ def announce(config: Config) -> None:
 
 
 def chat_error(error: ChatError):
+    g.chat_log.outcome = f"error: {error.message}"
     return jsonify(error=error.message), error.status, error.headers()
 
 

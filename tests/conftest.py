@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.fakes import FakeGemini, FakeOpenAI
+import contextlib
 
 REPO = Path(__file__).resolve().parent.parent
 GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
@@ -71,7 +72,7 @@ class Gunicorn:
         command = [sys.executable, "-m", "gunicorn", "--workers", str(workers),
                    "--worker-class", "gevent", "--bind", "127.0.0.1:0", "--timeout", "600",
                    "--graceful-timeout", "2", "--no-control-socket", "app:app"]
-        self.log_file = open(self.log_path, "wb")
+        self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
         self.process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=self.log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.url = self.wait_until_ready(workers)
@@ -111,10 +112,8 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.log_file.close()
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
+import contextlib
 
 GEMINI_MODEL = "gemini-2.5-flash"
 GEMINI_RESPONSE_ID = "fAkErEsPoNsE01"
@@ -454,10 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def drop(self):
         """Close the socket without the terminating 0-chunk."""
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class FakeServer:
@@ -490,10 +489,8 @@ class FakeServer:
         with self._changed:
             connections = list(self._connections)
         for sock in connections:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     @property
     def port(self):

@@ -7,7 +7,13 @@ import pytest
 import requests
 
 from tests.fakes import (
-    FakeGemini, FakeOpenAI, Reply, gemini_429, gemini_stream, openai_stream, split_every_byte,
+    FakeGemini,
+    FakeOpenAI,
+    Reply,
+    gemini_429,
+    gemini_stream,
+    openai_stream,
+    split_every_byte,
 )
 
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}

@@ -11,8 +11,15 @@ import requests
 import app as chatbridge
 from tests.client import events, post_chat, shape_a_text
 from tests.conftest import GEMINI_KEYS, ZJU_KEYS, upstream_env
-from tests.fakes import (Reply, gemini_429, gemini_code_status, gemini_error, gemini_invalid_key,
-                         gemini_sse, openai_error)
+from tests.fakes import (
+    Reply,
+    gemini_429,
+    gemini_code_status,
+    gemini_error,
+    gemini_invalid_key,
+    gemini_sse,
+    openai_error,
+)
 
 K0, K1, K2 = GEMINI_KEYS
 

@@ -8,10 +8,19 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
-from tests.conftest import GEMINI_KEYS, upstream_env
-from tests.fakes import (Reply, gemini_blocked, gemini_events, gemini_midstream_error,
-                         gemini_raw_error_tail, gemini_sse, gemini_stream, openai_midstream_error,
-                         openai_stream, split_every_byte)
+from tests.conftest import upstream_env
+from tests.fakes import (
+    Reply,
+    gemini_blocked,
+    gemini_events,
+    gemini_midstream_error,
+    gemini_raw_error_tail,
+    gemini_sse,
+    gemini_stream,
+    openai_midstream_error,
+    openai_stream,
+    split_every_byte,
+)
 
 TRICKY = ["Hello, ", "سلام 🌍 ", "line\u2028sep ", "中文\r\nend"]
 
@@ -123,7 +132,7 @@ def test_pings_keep_a_silent_stream_alive(server, gemini):
 
 def test_200_concurrent_streams_finish_concurrently(server, gemini):
     gemini.script = lambda r: Reply(chunks=gemini_sse(gemini_events(["a"], finish=None)) + [1.0]
-                                    + gemini_sse(gemini_events(["b"]))) 
+                                    + gemini_sse(gemini_events(["b"])))
 
     def one(i):
         return events(post_chat(server, {"message": f"n{i}"}))[-1]
