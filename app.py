@@ -446,7 +446,7 @@ class StateStore:
     """Shared state: per-provider rotation counters and expiring cooldown marks.
 
     The file store below is the default; a Redis store can implement the same
-    three methods.
+    four methods.
     """
 
     def take_turn(self, provider: str) -> tuple:
@@ -459,6 +459,10 @@ class StateStore:
 
     def peek(self, provider: str) -> dict:
         """The live marks, without taking a turn."""
+        raise NotImplementedError
+
+    def claim(self, name: str) -> bool:
+        """True for the first caller to claim a name, so workers can do a thing once."""
         raise NotImplementedError
 
 
@@ -487,6 +491,17 @@ class FileStateStore(StateStore):
 
     def peek(self, provider):
         return self.read(self.path(provider))["marks"]
+
+    def claim(self, name):
+        marker = self.directory / f"claim-{name}"
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        for stale in self.directory.glob(f"claim-{name.split('-')[0]}-*"):
+            if stale != marker:
+                stale.unlink(missing_ok=True)
+        return True
 
     def path(self, provider: str) -> Path:
         return self.directory / f"keys-{provider}.json"
@@ -1284,12 +1299,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_error_handler(Exception, unexpected_error)
     app.before_request(start_record)
     app.after_request(log_when_done)
-    announce(config)
+    announce(config, app.extensions["chatbridge"].store)
     return app
 
 
-def announce(config: Config) -> None:
-    """Say at start what is configured, and warn about what is missing or open."""
+def announce(config: Config, store: "StateStore") -> None:
+    """Say once per server (not once per worker) what is configured and what is missing or open."""
+    if not store.claim(f"announced-{os.getppid()}"):
+        return
     counts = {p: len(config.keys(p)) for p in PROVIDERS}
     if not any(counts.values()):
         log.warning("no API keys configured (ALL_GEMINI_API_KEYS, ZJU_API_KEY): only the "
