@@ -29,15 +29,18 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import gevent
 import requests
 import urllib3
 from filelock import FileLock
+from gevent import monkey
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
@@ -61,6 +64,8 @@ FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECI
 FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
 INVALID_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED"}
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 KEY_PATTERN = re.compile(r"AIza[0-9A-Za-z_\-]{8,}|sk-[0-9A-Za-z_\-*.]{6,}")
 
 # ---------------------------------------------------------------- config
@@ -192,7 +197,16 @@ def load_config(environ=os.environ) -> Config:
 log = logging.getLogger("chatbridge")
 
 
-class PersianLevelFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """One record, one line: control characters in a message (a client's model name, an
+    upstream's error text) are escaped, so nobody can forge log lines."""
+
+    def formatMessage(self, record):
+        record.message = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
+
+
+class PersianLevelFormatter(LineFormatter):
     """Prints log levels in Persian, as the Persian source did."""
 
     LEVELS = {logging.DEBUG: "دیباگ", logging.INFO: "اطلاع", logging.WARNING: "هشدار",
@@ -206,7 +220,7 @@ class PersianLevelFormatter(logging.Formatter):
 
 def setup_logging(language: str) -> None:
     """Send the service's log lines to stderr, with level names in English or Persian."""
-    style = PersianLevelFormatter if language == "fa" else logging.Formatter
+    style = PersianLevelFormatter if language == "fa" else LineFormatter
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(style("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.handlers[:] = [handler]
@@ -341,7 +355,7 @@ def classify_failure(status: int, body: Any, headers=None) -> UpstreamFailure:
     if isinstance(body, list) and body:
         body = body[0]
     error = body.get("error", body) if isinstance(body, dict) else body
-    message = error_message(body, f"upstream answered HTTP {status}")[:MESSAGE_LIMIT]
+    message = error_message(body, f"upstream answered HTTP {status}")
     if status == 429:
         return UpstreamFailure("rate_limit", message, status, retry_delay(error, headers),
                                per_day_quota(error))
@@ -395,6 +409,7 @@ def invalid_mark(key: ApiKey) -> str:
 class KeyPlan:
     """The keys one request may try, in order, and when a cooling one comes back."""
 
+    turn: int
     keys: list
     retry_at: float | None = None
     all_invalid: bool = False
@@ -406,9 +421,12 @@ class KeyPool:
     def __init__(self, provider: str, keys: tuple, store: "StateStore"):
         self.provider, self.keys, self.store = provider, keys, store
 
-    def plan(self, model: str) -> KeyPlan:
-        """Take this request's turn and order the usable keys from it."""
-        turn, marks = self.store.take_turn(self.provider)
+    def plan(self, model: str, turn: int | None = None) -> KeyPlan:
+        """Order the usable keys from this request's turn (taking a new turn unless given one)."""
+        if turn is None:
+            turn, marks = self.store.take_turn(self.provider)
+        else:
+            marks = self.store.peek(self.provider)
         now = time.time()
         ordered = [self.keys[(turn + i) % len(self.keys)] for i in range(len(self.keys))]
         usable, quota_returns = [], []
@@ -419,7 +437,8 @@ class KeyPool:
                 quota_returns.append(quota)
             if not invalid and quota <= now:
                 usable.append(key)
-        return KeyPlan(usable, min(quota_returns, default=None), not usable and not quota_returns)
+        return KeyPlan(turn, usable, min(quota_returns, default=None),
+                       not usable and not quota_returns)
 
     def note_failure(self, key: ApiKey, model: str, failure: UpstreamFailure) -> None:
         """Remember a rate-limited or invalid key so no worker tries it again too soon."""
@@ -429,14 +448,6 @@ class KeyPool:
             self.store.add_marks(self.provider, {quota_mark(key, model): until})
         elif failure.kind == "invalid_key":
             self.store.add_marks(self.provider, {invalid_mark(key): now + INVALID_KEY_COOLDOWN})
-
-    def cooling_until(self, model: str) -> float | None:
-        """When the first rate-limited key for this model comes back, if all are out."""
-        marks = self.store.peek(self.provider)
-        now = time.time()
-        returns = [marks.get(quota_mark(k, model), 0) for k in self.keys]
-        live = [r for r in returns if r > now]
-        return min(live) if live and len(live) == len(self.keys) else None
 
 
 # ---------------------------------------------------------------- state
@@ -645,7 +656,8 @@ def parse_chat_request(body: dict, config: Config) -> ChatRequest:
     attachment = parse_attachment(body.get("file_data"), config)
     if not message.strip() and attachment is None:
         raise ChatError(400, f"'{field_name}' is empty: send a message or a file")
-    model = optional(body, "model", str, lambda v: bool(v.strip()), "a non-empty string")
+    model = optional(body, "model", str, lambda v: bool(MODEL_NAME.fullmatch(v.strip())),
+                     "a model name of 1 to 200 printable characters")
     provider, model = resolve_model(model, config)
     if attachment and provider == "zju" and not openai_takes(attachment.mime_type):
         raise ChatError(400, f"{attachment.mime_type} files cannot go to the OpenAI-compatible "
@@ -877,7 +889,7 @@ def iter_deltas(events: Iterable, translate: Callable) -> Iterator:
         event = parse_json(payload)
         if not isinstance(event, dict):
             raise UpstreamFailure("broken", "the upstream sent an event that is not JSON")
-        for delta in translate(event):
+        for delta in translate_event(translate, event):
             if delta.kind == "finish":
                 finish = delta.value
             elif delta.kind == "usage":
@@ -890,6 +902,14 @@ def iter_deltas(events: Iterable, translate: Callable) -> Iterator:
     if usage:
         yield Delta("usage", usage)
     yield Delta("finish", finish or "stop")
+
+
+def translate_event(translate: Callable, event: dict) -> list:
+    """An upstream event's deltas; an event of an unexpected shape is a broken answer."""
+    try:
+        return translate(event)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        raise UpstreamFailure("broken", "the upstream sent an event of an unexpected shape") from None
 
 
 def parse_json(text: str) -> Any:
@@ -999,6 +1019,12 @@ class Cancel:
     def __init__(self):
         self.cancelled = False
         self.response = None
+        self.worker = None  # the greenlet reading the upstream, under gevent
+
+    def watch(self) -> None:
+        """Note the current greenlet as the upstream reader, so cancel() can stop it anywhere."""
+        if monkey.is_module_patched("threading"):
+            self.worker = gevent.getcurrent()
 
     def track(self, response: requests.Response) -> None:
         self.response = response
@@ -1013,6 +1039,9 @@ class Cancel:
         self.cancelled = True
         if self.response is not None:
             close_upstream(self.response)
+        if self.worker is not None and self.worker is not gevent.getcurrent():
+            # also stops a request still waiting for the upstream's headers
+            gevent.kill(self.worker, ClientGone)
 
 
 def close_upstream(response: requests.Response) -> None:
@@ -1030,11 +1059,16 @@ class Answer:
     rest: Iterator
     key: ApiKey | None = None
     response: requests.Response | None = None
+    on_failure: Callable | None = None
 
     def deltas(self) -> Iterator:
         try:
             yield from self.head
             yield from self.rest
+        except UpstreamFailure as failure:
+            if self.on_failure is not None:  # a 429 after some text still rests the key
+                self.on_failure(failure)
+            raise
         finally:
             self.close()
 
@@ -1043,7 +1077,7 @@ class Answer:
             close_upstream(self.response)
 
 
-def with_heartbeats(source: Iterator, interval: float) -> Iterator:
+def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterator:
     """Yield source's items, and PING whenever it is silent for `interval` seconds.
 
     The source runs in its own (green) thread, so a silent upstream cannot hide
@@ -1052,6 +1086,7 @@ def with_heartbeats(source: Iterator, interval: float) -> Iterator:
     items = queue.Queue()
 
     def pump():
+        cancel.watch()
         try:
             for item in source:
                 items.put((True, item))
@@ -1078,7 +1113,7 @@ def relay(source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Ca
     """Write an answer's deltas to the client; any failure becomes one terminal error event."""
     try:
         yield writer.start()
-        for item in with_heartbeats(source, interval):
+        for item in with_heartbeats(source, interval, cancel):
             if item is PING:
                 yield PING
                 continue
@@ -1130,24 +1165,32 @@ class Service:
         """Text with every key-like string masked down to its last four characters."""
         return self.secret_pattern.sub(lambda m: "…" + m.group()[-4:], text)
 
+    def public_text(self, text: str) -> str:
+        """An upstream message as clients and logs may see it: redacted, then shortened."""
+        return self.redact(text)[:MESSAGE_LIMIT]
+
     def reserve(self, chat: ChatRequest) -> KeyPlan | None:
         """The keys this request may try; waits briefly for a cooling key, else 429."""
         if chat.provider == "echo":
             return None
         pool = self.pools[chat.provider]
         plan = pool.plan(chat.model)
-        if not plan.keys and plan.retry_at is not None:
-            delay = plan.retry_at - time.time()
-            if delay <= self.config.key_wait_seconds:
-                time.sleep(max(0.0, delay) + 0.01)
-                plan = pool.plan(chat.model)
+        delay = plan.retry_at - time.time() if plan.retry_at else None
+        if not plan.keys and delay is not None and delay <= self.config.key_wait_seconds:
+            time.sleep(max(0.0, delay) + 0.01)
+            plan = pool.plan(chat.model, plan.turn)
         if plan.keys:
             return plan
+        raise self.unavailable(chat, plan)
+
+    def unavailable(self, chat: ChatRequest, plan: KeyPlan) -> ChatError:
+        """The error when no key may be tried: every one invalid (503) or resting (429)."""
         if plan.all_invalid:
-            raise ChatError(503, f"every key in {KEY_VARIABLES[chat.provider]} was rejected as "
-                                 "invalid by the upstream in the last hour")
-        raise ChatError(429, f"every {PROVIDER_NAMES[chat.provider]} key is rate-limited for "
-                             f"{chat.model}; try again later", plan.retry_at - time.time())
+            return ChatError(503, f"every key in {KEY_VARIABLES[chat.provider]} was rejected as "
+                                  "invalid by the upstream in the last hour")
+        retry_at = plan.retry_at or time.time() + 1
+        return ChatError(429, f"every {PROVIDER_NAMES[chat.provider]} key is rate-limited for "
+                              f"{chat.model}; try again later", retry_at - time.time())
 
     def post(self, chat: ChatRequest, key: ApiKey, stream: bool) -> requests.Response:
         """Send the request to the provider with this key (in a header, never the URL)."""
@@ -1171,7 +1214,8 @@ class Service:
                 raise classify_failure(response.status_code, read_error_body(response),
                                        response.headers)
             rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
-            return Answer(read_until_content(rest), rest, key, response)
+            note = partial(self.pools[chat.provider].note_failure, key, chat.model)
+            return Answer(read_until_content(rest), rest, key, response, note)
         except BaseException:
             close_upstream(response)
             raise
@@ -1185,7 +1229,7 @@ class Service:
         body = parse_json(text)
         if not isinstance(body, dict):
             raise UpstreamFailure("broken", "the upstream answered with something that is not JSON")
-        deltas = ADAPTERS[chat.provider][1](body)
+        deltas = translate_event(ADAPTERS[chat.provider][1], body)
         read_until_content(iter(deltas + [Delta("finish", "stop")]))
         return completion_from_deltas(deltas, chat.model) if chat.provider == "gemini" else body
 
@@ -1202,25 +1246,24 @@ class Service:
             try:
                 return attempt(chat, key, cancel)
             except UpstreamFailure as failure:
-                failure.message = self.redact(failure.message)
+                failure.message = self.public_text(failure.message)
                 self.pools[chat.provider].note_failure(key, chat.model, failure)
                 log.warning("%s key %s failed (%s): %s", chat.provider, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
-                    raise self.give_up(chat, [failure]) from None
+                    raise self.give_up(chat, plan, [failure]) from None
                 if failure.kind == "rate_limit":
                     exhausted_groups.add(key.group)
                 failures.append(failure)
         cancel.check()
-        raise self.give_up(chat, failures)
+        raise self.give_up(chat, plan, failures)
 
-    def give_up(self, chat: ChatRequest, failures: list) -> ChatError:
+    def give_up(self, chat: ChatRequest, plan: KeyPlan, failures: list) -> ChatError:
         """The error for a request whose attempts all failed."""
         name = PROVIDER_NAMES[chat.provider]
-        if failures and all(f.kind == "rate_limit" for f in failures):
-            until = self.pools[chat.provider].cooling_until(chat.model) or time.time() + 1
-            return ChatError(429, f"every {name} key is rate-limited for {chat.model}; "
-                                  "try again later", until - time.time())
+        kinds = {f.kind for f in failures}
+        if "rate_limit" in kinds and kinds <= {"rate_limit", "invalid_key"}:
+            return self.unavailable(chat, self.pools[chat.provider].plan(chat.model, plan.turn))
         if failures and all(f.kind == "unreachable" for f in failures):
             return ChatError(503, f"could not reach {name}")
         last = failures[-1] if failures else UpstreamFailure("server", "no key could be tried")
@@ -1305,7 +1348,8 @@ def create_app(config: Config | None = None) -> Flask:
 
 def announce(config: Config, store: "StateStore") -> None:
     """Say once per server (not once per worker) what is configured and what is missing or open."""
-    if not store.claim(f"announced-{os.getppid()}"):
+    master = gunicorn_master()
+    if master and not store.claim(f"announced-{master}"):
         return
     counts = {p: len(config.keys(p)) for p in PROVIDERS}
     if not any(counts.values()):
@@ -1317,6 +1361,18 @@ def announce(config: Config, store: "StateStore") -> None:
     if "*" in config.cors_origins:
         log.warning("CORS allows every origin; in production set CORS_ORIGINS to your "
                     "frontend's origins")
+
+
+def gunicorn_master() -> str | None:
+    """Names the gunicorn master of this worker by pid and start time; None outside gunicorn."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    parent = os.getppid()
+    try:  # field 22 of /proc/PID/stat; the start time tells apart masters that reuse a pid
+        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{parent}-{started}"
 
 
 def chat_error(error: ChatError):
@@ -1418,7 +1474,7 @@ def chat():
         source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
         writer = ShapeBWriter(chat_request.model)
     response = sse_response(relay(source, writer, record, cancel, svc.config.ping_seconds,
-                                  svc.redact))
+                                  svc.public_text))
     response.call_on_close(cancel.cancel)
     return response
 

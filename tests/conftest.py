@@ -17,7 +17,7 @@ import contextlib
 REPO = Path(__file__).resolve().parent.parent
 GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
                "AIzaFakeGeminiKeyNumber3cccc"]
-ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "sk-fakeZjuKeyNumberTwo2222"]
+ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "zjuprivatekey0123456789abcdefTwo2222"]  # one without a known prefix
 CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL",
            "GEMINI_MODEL", "DEFAULT_MODEL", "PORT", "CORS_ORIGINS", "TEMP_DATA_DIR",
            "MAX_UPLOAD_MB", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT",

@@ -52,6 +52,7 @@ class Reply:
     chunked: bool = True
     hang: bool = False
     drop: bool = False
+    silent: bool = False  # send no status line at all: with hang, wait for the client; else close at once
 
 
 @dataclass
@@ -414,6 +415,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_reply(self, reply, content_type):
         """Write the status, headers and body items of a Reply, then end it as the Reply asks."""
+        if reply.silent:
+            self.close_connection = True
+            return self.wait_for_close() if reply.hang else self.drop()
         self.send_response(reply.status)
         framing = {"Transfer-Encoding": "chunked"} if reply.chunked else {"Connection": "close"}
         for name, value in merge_headers({"Content-Type": content_type}, framing, reply.headers):

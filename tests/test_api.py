@@ -254,3 +254,16 @@ def test_cors_preflight_is_answered(server):
         "Access-Control-Request-Headers": "content-type"})
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "http://localhost:3000")
+
+
+def test_upload_over_the_request_limit_is_a_json_413(server):
+    response = requests.post(server.url + "/api/upload", timeout=30,
+                             files={"file": ("big.bin", b"\0" * (28 * 1024 * 1024))})
+    assert response.status_code == 413
+    assert "MB" in response.json()["error"]
+
+
+def test_a_model_name_with_control_characters_is_refused(server, gemini):
+    response = post_chat(server, {"message": "x", "model": "gemini\r\nx"})
+    assert response.status_code == 400 and "model" in response.json()["error"]
+    assert gemini.requests == []

@@ -1,6 +1,8 @@
 """Rotation, failover and cooldowns of the key pool, through gunicorn with 3 gevent workers."""
 
+import json
 import multiprocessing
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ from tests.fakes import (
     gemini_429,
     gemini_code_status,
     gemini_error,
+    gemini_events,
     gemini_invalid_key,
     gemini_sse,
     openai_error,
@@ -203,3 +206,84 @@ def test_keys_never_appear_in_responses_or_logs(server, gemini, openai):
         for text in bodies + [log]:
             assert secret not in text
             assert secret[:10] not in text
+
+
+def test_invalid_and_rate_limited_keys_together_give_429_with_the_real_delay(server, gemini):
+    gemini.script = lambda r: gemini_invalid_key() if r.key == K0 else gemini_429("30s")
+    first = ask(server)
+    assert first.status_code == 429
+    assert 29 <= int(first.headers["Retry-After"]) <= 31
+    second = ask(server)
+    assert second.status_code == 429
+    assert 29 <= int(second.headers["Retry-After"]) <= 31
+    assert len(gemini.requests) == 3
+
+
+def test_a_connection_error_fails_over(server, gemini):
+    gemini.script = lambda r: Reply(silent=True) if r.key == K0 else None
+    assert shape_a_text(events(post_chat(server, {"message": "hi"}))) == "You said: hi"
+    assert gemini.keys_seen() == [K0, K1]
+
+
+def test_a_429_after_some_text_still_rests_the_key(server, gemini):
+    def script(r):
+        if r.key == K0 and len(gemini.requests) == 1:
+            return Reply(chunks=gemini_sse(gemini_events(["partial"], finish=None)
+                                           + [json.loads(b"".join(gemini_429("30s").chunks))]))
+        return None
+
+    gemini.script = script
+    payloads = events(post_chat(server, {"message": "hi"}))
+    assert shape_a_text(payloads) == "partial" and "quota" in payloads[-1]["error"]
+    for _ in range(3):
+        assert ask(server).status_code == 200
+    assert gemini.keys_seen().count(K0) == 1
+
+
+def test_an_event_of_unexpected_shape_fails_over(server, openai):
+    openai.script = lambda r: Reply(chunks=[b'data: {"choices": [{"delta": "odd"}]}\n\n']) \
+        if r.key == ZJU_KEYS[0] else None
+    assert ask(server, "deepseek-v3-671b", stream=True).status_code == 200
+    assert openai.keys_seen() == ZJU_KEYS
+
+
+def test_zju_keys_rotate_and_fail_over_on_401(server, openai):
+    for _ in range(4):
+        assert ask(server, "deepseek-v3-671b").status_code == 200
+    assert Counter(openai.keys_seen()) == {ZJU_KEYS[0]: 2, ZJU_KEYS[1]: 2}
+    openai.reset()
+    server.reset_state()
+    openai.valid_keys = {ZJU_KEYS[1]}
+    assert ask(server, "deepseek-v3-671b").status_code == 200
+    assert openai.keys_seen() == ZJU_KEYS
+
+
+def test_the_request_log_line_tells_the_story(server, gemini):
+    gemini.script = lambda r: gemini_429("30s") if r.key == K0 else None
+    events(post_chat(server, {"message": "hi"}))
+    time.sleep(0.3)
+    line = [x for x in server.log().splitlines() if "POST /api/chat 200 shape=A" in x][-1]
+    assert "provider=gemini model=gemini-2.5-flash key=…bbbb attempts=2" in line
+    assert re.search(r"ttft=\d+\.\d{3}s duration=\d+\.\d{3}s outcome=ok", line)
+
+
+def test_a_forged_log_line_stays_on_one_line(server):
+    response = requests.post(server.url + "/api/ch%0A[2026-01-01] [INFO] FORGED", timeout=5)
+    assert response.status_code == 404
+    assert post_chat(server, {"message": "x", "model": "m\n[FORGED]"}).status_code == 400
+    time.sleep(0.3)
+    assert not any(line.startswith("[2026-01-01] [INFO] FORGED")
+                   for line in server.log().splitlines())
+    assert "\\x0a[2026-01-01]" in server.log()
+
+
+def test_keys_without_a_known_prefix_are_redacted_even_in_long_messages(server, openai):
+    secret = ZJU_KEYS[1]
+    openai.script = lambda r: openai_error(400, "x" * 470 + f" bad key {r.key} here")
+    server_text = ask(server, "deepseek-v3-671b").text
+    openai.reset()
+    openai.script = lambda r: openai_error(400, "x" * 470 + f" bad key {r.key} here")
+    server_text += ask(server, "deepseek-v3-671b").text
+    time.sleep(0.3)
+    for text in (server_text, server.log()):
+        assert secret[:12] not in text

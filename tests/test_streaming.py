@@ -8,10 +8,11 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
-from tests.conftest import upstream_env
+from tests.conftest import GEMINI_KEYS, upstream_env
 from tests.fakes import (
     Reply,
     gemini_blocked,
+    gemini_code_status,
     gemini_events,
     gemini_midstream_error,
     gemini_raw_error_tail,
@@ -111,16 +112,31 @@ def test_shape_b_stream_that_cannot_start_gets_a_real_status(server, gemini):
     assert len(gemini.requests) == 3
 
 
-@pytest.mark.parametrize("first_chunks", [[], "one event"], ids=["silent", "mid-answer"])
-def test_client_disconnect_closes_the_upstream(server, gemini, first_chunks):
-    chunks = gemini_sse(gemini_events(["hello"], finish=None)) if first_chunks else []
-    gemini.script = lambda r: Reply(chunks=chunks, hang=True)
-    with requests.post(server.url + "/api/chat", json={"message": "hi"}, stream=True,
-                       timeout=10) as response:
+SHAPE_A = {"message": "hi"}
+SHAPE_B = {"user_content": "hi", "model": "gemini-2.5-flash", "stream": True}
+
+
+@pytest.mark.parametrize("body, upstream", [(SHAPE_A, "no headers yet"), (SHAPE_A, "silent"),
+                                            (SHAPE_A, "mid-answer"), (SHAPE_B, "mid-answer")],
+                         ids=["a-no-headers", "a-silent", "a-mid-answer", "b-mid-answer"])
+def test_client_disconnect_closes_the_upstream(server, gemini, body, upstream):
+    chunks = gemini_sse(gemini_events(["hello"], finish=None)) if upstream == "mid-answer" else []
+    gemini.script = lambda r: Reply(chunks=chunks, hang=True, silent=upstream == "no headers yet")
+    with requests.post(server.url + "/api/chat", json=body, stream=True, timeout=10) as response:
         next(response.iter_lines())  # an event, or a ping while the upstream is silent
     closed = time.monotonic()
     assert gemini.wait_for_disconnects(1, 2.0)
     assert gemini.disconnects[0] - closed < 2.0
+
+
+def test_pings_flow_while_a_slow_key_fails_over(server, gemini):
+    gemini.script = lambda r: Reply(chunks=[1.2] + gemini_sse([gemini_code_status(503)])) \
+        if r.key == GEMINI_KEYS[0] else None
+    response = post_chat(server, {"message": "hi"})
+    assert response.text.startswith(": ping\n\n")
+    payloads = events(response)
+    assert shape_a_text(payloads) == "You said: hi" and payloads[-1] == {"done": True}
+    assert gemini.keys_seen() == GEMINI_KEYS[:2]
 
 
 def test_pings_keep_a_silent_stream_alive(server, gemini):
@@ -164,7 +180,7 @@ def test_an_unreachable_upstream_is_503(unreachable_server):
 
 @pytest.fixture(scope="module")
 def keyless_server(start_gunicorn):
-    return start_gunicorn({"LOG_LANGUAGE": "fa"})
+    return start_gunicorn({"LOG_LANGUAGE": "fa", "CORS_ORIGINS": "http://good.example"})
 
 
 def test_echo_works_with_no_keys(keyless_server):
@@ -184,3 +200,13 @@ def test_echo_works_with_no_keys(keyless_server):
     assert log.count("no API keys configured") == 1, "one warning, not one per worker"
     assert "[هشدار]" in log, "LOG_LANGUAGE=fa gives Persian level names"
     assert "POST /api/chat 200 shape=A provider=echo model=echo" in log
+
+
+@pytest.mark.parametrize("origin, allowed", [("http://good.example", True), ("http://evil.example", False)])
+def test_cors_allows_only_the_listed_origins(keyless_server, origin, allowed):
+    response = requests.options(keyless_server.url + "/api/chat", timeout=5, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert (response.headers.get("Access-Control-Allow-Origin") == origin) is allowed
+    time.sleep(0.2)
+    assert "CORS allows every origin" not in keyless_server.log()
