@@ -1057,7 +1057,6 @@ class Answer:
 
     head: list
     rest: Iterator
-    key: ApiKey | None = None
     response: requests.Response | None = None
     on_failure: Callable | None = None
 
@@ -1109,7 +1108,7 @@ def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterat
 
 
 def relay(source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Cancel,
-          interval: float, redact: Callable) -> Iterator:
+          interval: float, public_text: Callable) -> Iterator:
     """Write an answer's deltas to the client; any failure becomes one terminal error event."""
     try:
         yield writer.start()
@@ -1125,19 +1124,19 @@ def relay(source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Ca
         record.outcome = "client disconnected"
         raise
     except Exception as exc:
-        message = failure_text(exc, redact)
+        message = failure_text(exc, public_text)
         record.outcome = f"error: {message}"
         yield writer.error(message)
     finally:
         cancel.cancel()
 
 
-def failure_text(exc: Exception, redact: Callable) -> str:
+def failure_text(exc: Exception, public_text: Callable) -> str:
     """What a client may read about a failure: never a key, never a traceback."""
     if isinstance(exc, ChatError):
         return exc.message
     if isinstance(exc, UpstreamFailure):
-        return redact(exc.message)
+        return public_text(exc.message)
     log.exception("unexpected error while streaming")
     return "internal error while streaming the answer"
 
@@ -1215,7 +1214,7 @@ class Service:
                                        response.headers)
             rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
             note = partial(self.pools[chat.provider].note_failure, key, chat.model)
-            return Answer(read_until_content(rest), rest, key, response, note)
+            return Answer(read_until_content(rest), rest, response, note)
         except BaseException:
             close_upstream(response)
             raise
