@@ -552,27 +552,42 @@ class FileStateStore(StateStore):
 
 @dataclass(frozen=True)
 class Attachment:
-    """A file sent with the user's message, as base64."""
+    """A file sent with a message, as base64."""
 
     mime_type: str
     data: str
     filename: str = ""
 
+    @property
+    def size(self) -> int:
+        return len(self.data) * 3 // 4 - self.data[-2:].count("=")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the conversation: who said it, its text and its files."""
+
+    role: str
+    text: str
+    files: tuple = ()
+
 
 @dataclass
 class ChatRequest:
-    """A validated chat request, whichever shape it came in."""
+    """A validated chat request, whichever shape it came in; the last turn is the user's."""
 
     shape: str
     provider: str
     model: str
-    message: str
-    history: list = field(default_factory=list)
+    turns: list
     system: str | None = None
-    attachment: Attachment | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stream: bool = True
+
+    @property
+    def message(self) -> str:
+        return self.turns[-1].text
 
 
 def resolve_model(name: str | None, config: Config) -> tuple:
@@ -603,7 +618,7 @@ def optional(body: dict, name: str, kind, check=None, hint="") -> Any:
 
 
 def parse_history(raw: Any) -> list:
-    """Earlier turns as [{"role": "user"|"assistant", "content": str}]."""
+    """Earlier turns from [{"role": "user"|"assistant", "content": str}]."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -617,14 +632,26 @@ def parse_history(raw: Any) -> list:
             raise ChatError(400, f"'history[{index}]' must have role 'user' or 'assistant' "
                                  "and string content")
         if content.strip():  # upstreams refuse empty turns
-            turns.append({"role": role, "content": content})
+            turns.append(Turn(role, content))
     return turns
 
 
-def parse_attachment(raw: Any, config: Config) -> Attachment | None:
-    """A checked file_data object {mime_type, data (base64), filename?}."""
+def checked_file(mime_type: str, data: str, filename: str, where: str,
+                 config: Config) -> Attachment:
+    """A file whose base64 data is valid and within MAX_UPLOAD_MB."""
+    if len(data) * 3 // 4 > config.max_upload_bytes + 2:
+        raise ChatError(413, f"the file in {where} is larger than {config.max_upload_mb:g} MB")
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChatError(400, f"the file in {where} is not valid base64") from None
+    return Attachment(mime_type.strip().lower() or guess_mime(filename), data, filename)
+
+
+def parse_file_data(raw: Any, config: Config) -> tuple:
+    """The files of a file_data object {mime_type, data (base64), filename?}, if any."""
     if raw is None:
-        return None
+        return ()
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), str) \
             or not isinstance(raw.get("mime_type"), str):
         raise ChatError(400, "'file_data' must be an object with string 'mime_type' and 'data' "
@@ -632,46 +659,82 @@ def parse_attachment(raw: Any, config: Config) -> Attachment | None:
     data = raw["data"].strip()
     if data.startswith("data:") and ";base64," in data:
         data = data.split(";base64,", 1)[1]
-    if len(data) * 3 // 4 > config.max_upload_bytes + 2:
-        raise ChatError(413, f"the file is larger than {config.max_upload_mb:g} MB")
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ChatError(400, "'file_data.data' is not valid base64") from None
     filename = raw.get("filename") if isinstance(raw.get("filename"), str) else ""
-    mime = raw["mime_type"].strip().lower() or guess_mime(filename)
-    return Attachment(mime_type=mime, data=data, filename=filename)
+    return (checked_file(raw["mime_type"], data, filename, "'file_data'", config),)
+
+
+def parse_ui_messages(raw: Any, config: Config) -> tuple:
+    """System text and turns from AI SDK 5 UI messages ({id, role, parts})."""
+    if not isinstance(raw, list) or not raw:
+        raise ChatError(400, "'messages' must be a non-empty list of UI messages")
+    system, turns = [], []
+    for index, message in enumerate(raw):
+        role = message.get("role") if isinstance(message, dict) else None
+        parts = message.get("parts") if isinstance(message, dict) else None
+        if role not in ("system", "user", "assistant") or not isinstance(parts, list):
+            raise ChatError(400, f"'messages[{index}]' must have a role (system, user or "
+                                 "assistant) and a list of parts")
+        text = "".join(p["text"] for p in parts
+                       if isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str))
+        files = tuple(ui_file(p, f"messages[{index}]", config) for p in parts
+                      if isinstance(p, dict) and p.get("type") == "file") if role == "user" else ()
+        if role == "system":
+            system.append(text)
+        elif text.strip() or files:
+            turns.append(Turn(role, text, files))
+    if not turns or turns[-1].role != "user":
+        raise ChatError(400, "the last message must be the user's, with text or a file")
+    return "\n\n".join(s for s in system if s.strip()) or None, turns
+
+
+def ui_file(part: dict, where: str, config: Config) -> Attachment:
+    """A UI message file part: {mediaType, url: "data:...;base64,...", filename?}."""
+    url = part.get("url")
+    match = re.fullmatch(r"data:([^;,]*)(?:;[^,]*)?;base64,(.*)", url, re.S) \
+        if isinstance(url, str) else None
+    if not match:
+        raise ChatError(400, f"the file in {where} must be sent as a base64 data: URL")
+    media_type = part.get("mediaType") if isinstance(part.get("mediaType"), str) else ""
+    filename = part.get("filename") if isinstance(part.get("filename"), str) else ""
+    return checked_file(media_type or match.group(1), match.group(2), filename, where, config)
 
 
 def parse_chat_request(body: dict, config: Config) -> ChatRequest:
-    """Validate a /api/chat body of either source shape into a ChatRequest."""
-    if "user_content" in body:
-        shape, field_name = "B", "user_content"
-    elif "message" in body:
-        shape, field_name = "A", "message"
+    """Validate a /api/chat body of any of its three shapes into a ChatRequest."""
+    if "messages" in body:
+        shape = "ui"
+        system, turns = parse_ui_messages(body["messages"], config)
+    elif "user_content" in body or "message" in body:
+        shape, field_name = ("B", "user_content") if "user_content" in body else ("A", "message")
+        message = optional(body, field_name, str, hint="a string") or ""
+        files = parse_file_data(body.get("file_data"), config)
+        if not message.strip() and not files:
+            raise ChatError(400, f"'{field_name}' is empty: send a message or a file")
+        system = optional(body, "system_content", str, hint="a string") or None
+        turns = parse_history(body.get("history")) + [Turn("user", message, files)]
     else:
-        raise ChatError(400, "the body needs 'message' (streaming chat) or 'user_content' "
-                             "(OpenAI-style chat)")
-    message = optional(body, field_name, str, hint="a string") or ""
-    attachment = parse_attachment(body.get("file_data"), config)
-    if not message.strip() and attachment is None:
-        raise ChatError(400, f"'{field_name}' is empty: send a message or a file")
+        raise ChatError(400, "the body needs 'message' (streaming chat), 'user_content' "
+                             "(OpenAI-style chat) or 'messages' (AI SDK useChat)")
     model = optional(body, "model", str, lambda v: bool(MODEL_NAME.fullmatch(v.strip())),
                      "a model name of 1 to 200 printable characters")
     provider, model = resolve_model(model, config)
-    if attachment and provider == "zju" and not openai_takes(attachment.mime_type):
-        raise ChatError(400, f"{attachment.mime_type} files cannot go to the OpenAI-compatible "
-                             "upstream; send an image or a text file, or use a Gemini model")
+    refuse_unsendable_files(provider, turns)
     return ChatRequest(
-        shape=shape, provider=provider, model=model, message=message,
-        history=parse_history(body.get("history")),
-        system=optional(body, "system_content", str, hint="a string") or None,
-        attachment=attachment,
+        shape=shape, provider=provider, model=model, turns=turns, system=system,
         temperature=optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2,
                              "a number from 0 to 2"),
         max_tokens=optional(body, "max_tokens", int, lambda v: v > 0, "a positive integer"),
-        stream=shape == "A" or bool(optional(body, "stream", bool, hint="true or false")),
+        stream=shape != "B" or bool(optional(body, "stream", bool, hint="true or false")),
     )
+
+
+def refuse_unsendable_files(provider: str, turns: list) -> None:
+    """A 400 for files the OpenAI-compatible upstream cannot take, before contacting it."""
+    for file in (f for turn in turns for f in turn.files):
+        if provider == "zju" and not openai_takes(file.mime_type):
+            raise ChatError(400, f"{file.mime_type} files cannot go to the OpenAI-compatible "
+                                 "upstream; send an image or a text file, or use a Gemini model")
 
 
 def guess_mime(filename: str) -> str:
@@ -696,13 +759,10 @@ def thinking_model(model: str) -> bool:
 
 def gemini_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
     """URL, headers and JSON body of a Gemini generateContent call."""
-    contents = [{"role": "model" if t["role"] == "assistant" else "user",
-                 "parts": [{"text": t["content"]}]} for t in chat.history]
-    parts = [{"text": chat.message}] if chat.message else []
-    if chat.attachment:
-        parts.append({"inline_data": {"mime_type": chat.attachment.mime_type,
-                                      "data": chat.attachment.data}})
-    contents.append({"role": "user", "parts": parts})
+    contents = [{"role": "model" if turn.role == "assistant" else "user",
+                 "parts": ([{"text": turn.text}] if turn.text else [])
+                 + [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]}
+                for turn in chat.turns]
     generation = dict(GEMINI_DEFAULTS)
     if chat.temperature is not None:
         generation["temperature"] = chat.temperature
@@ -753,18 +813,18 @@ def gemini_deltas(event: dict) -> list:
     return deltas
 
 
-def openai_content(chat: ChatRequest) -> Any:
-    """The user's turn as OpenAI message content: a string, or parts with an image."""
-    file = chat.attachment
-    if file is None:
-        return chat.message
-    if file.mime_type.startswith("image/"):
-        parts = [{"type": "text", "text": chat.message}] if chat.message else []
-        url = f"data:{file.mime_type};base64,{file.data}"
-        return parts + [{"type": "image_url", "image_url": {"url": url}}]
-    text = base64.b64decode(file.data).decode("utf-8", errors="replace")
-    header = f"[file {file.filename}]" if file.filename else "[file]"
-    return f"{chat.message}\n\n{header}\n{text}".strip()
+def openai_message(turn: Turn) -> dict:
+    """A turn as an OpenAI message: text files inlined, images as image_url parts."""
+    text = turn.text
+    for file in turn.files:
+        if not file.mime_type.startswith("image/"):
+            content = base64.b64decode(file.data).decode("utf-8", errors="replace")
+            text = f"{text}\n\n[file {file.filename or ''}]\n{content}".strip()
+    images = [{"type": "image_url", "image_url": {"url": f"data:{f.mime_type};base64,{f.data}"}}
+              for f in turn.files if f.mime_type.startswith("image/")]
+    if not images:
+        return {"role": turn.role, "content": text}
+    return {"role": turn.role, "content": ([{"type": "text", "text": text}] if text else []) + images}
 
 
 def openai_takes(mime_type: str) -> bool:
@@ -775,7 +835,7 @@ def openai_takes(mime_type: str) -> bool:
 def openai_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
     """URL, headers and JSON body of an OpenAI-compatible chat/completions call."""
     messages = [{"role": "system", "content": chat.system}] if chat.system else []
-    messages += chat.history + [{"role": "user", "content": openai_content(chat)}]
+    messages += [openai_message(turn) for turn in chat.turns]
     body = {"model": chat.model, "messages": messages, "stream": stream}
     if chat.temperature is not None:
         body["temperature"] = chat.temperature
@@ -806,10 +866,9 @@ def openai_deltas(event: dict) -> list:
 def echo_deltas(chat: ChatRequest) -> Iterator:
     """The built-in echo model: the user's message back, word by word."""
     text = chat.message
-    if chat.attachment:
-        size = len(chat.attachment.data) * 3 // 4
-        text = f"{text}\n\n(received {chat.attachment.filename or 'a file'}, " \
-               f"{chat.attachment.mime_type}, about {size} bytes)".strip()
+    for file in chat.turns[-1].files:
+        text += f"\n\n(received {file.filename or 'a file'}, {file.mime_type}, {file.size} bytes)"
+    text = text.strip()
     for index, word in enumerate(re.findall(r"\s*\S+\s*", text) or [text]):
         if index:
             time.sleep(ECHO_WORD_DELAY)
@@ -942,6 +1001,8 @@ PING = b": ping\n\n"
 class ShapeAWriter:
     """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
 
+    headers: dict = {}
+
     def start(self) -> bytes:
         return b""
 
@@ -985,6 +1046,44 @@ class ShapeBWriter(ShapeAWriter):
 
     def done(self) -> bytes:
         return b""
+
+
+class UIMessageWriter(ShapeAWriter):
+    """The AI SDK 5 UI message stream that useChat reads; only fields every 5.x client accepts."""
+
+    headers = {"x-vercel-ai-ui-message-stream": "v1"}
+
+    def __init__(self):
+        self.part = None  # (kind, id) of the text or reasoning part being written
+        self.parts = 0
+
+    def start(self) -> bytes:
+        return sse({"type": "start", "messageId": "msg-" + uuid.uuid4().hex})
+
+    def event(self, delta: Delta) -> bytes:
+        if delta.kind not in CONTENT_KINDS:
+            return b""
+        opened = b""
+        if self.part is None or self.part[0] != delta.kind:
+            self.parts += 1
+            opened = self.end_part() + sse({"type": f"{delta.kind}-start",
+                                            "id": f"{delta.kind}-{self.parts}"})
+            self.part = (delta.kind, f"{delta.kind}-{self.parts}")
+        return opened + sse({"type": f"{delta.kind}-delta", "id": self.part[1],
+                             "delta": delta.value})
+
+    def end_part(self) -> bytes:
+        if self.part is None:
+            return b""
+        kind, part_id = self.part
+        self.part = None
+        return sse({"type": f"{kind}-end", "id": part_id})
+
+    def done(self) -> bytes:
+        return self.end_part() + sse({"type": "finish"}) + b"data: [DONE]\n\n"
+
+    def error(self, message: str) -> bytes:
+        return sse({"type": "error", "errorText": message}) + b"data: [DONE]\n\n"
 
 
 def completion_id() -> str:
@@ -1416,9 +1515,9 @@ def log_when_done(response: Response) -> Response:
     return response
 
 
-def sse_response(stream: Iterator) -> Response:
+def sse_response(stream: Iterator, headers: dict) -> Response:
     return Response(stream, content_type="text/event-stream; charset=utf-8", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
 
 def read_json_body() -> dict:
@@ -1456,7 +1555,7 @@ def healthz():
 
 @bp.post("/api/chat")
 def chat():
-    """Answer either source shape; the status is settled before the first byte."""
+    """Answer any of the three shapes; the status is settled before the first byte."""
     svc = service()
     chat_request = parse_chat_request(read_json_body(), svc.config)
     record = g.chat_log
@@ -1466,21 +1565,21 @@ def chat():
     cancel = Cancel()
     if chat_request.shape == "B" and not chat_request.stream:
         return jsonify(svc.complete(chat_request, plan, cancel, record))
-    if chat_request.shape == "A":
-        source = lazy_answer(svc, chat_request, plan, cancel, record)
-        writer = ShapeAWriter()
-    else:
+    if chat_request.shape == "B":
         source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
         writer = ShapeBWriter(chat_request.model)
+    else:
+        source = lazy_answer(svc, chat_request, plan, cancel, record)
+        writer = UIMessageWriter() if chat_request.shape == "ui" else ShapeAWriter()
     response = sse_response(relay(source, writer, record, cancel, svc.config.ping_seconds,
-                                  svc.public_text))
+                                  svc.public_text), writer.headers)
     response.call_on_close(cancel.cancel)
     return response
 
 
 def lazy_answer(svc: Service, chat_request: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                 record: RequestLog) -> Iterator:
-    """Shape A opens the upstream inside the stream, so it can ping while failing over."""
+    """Open the upstream inside the stream, so it can ping while failing over (shapes A, ui)."""
     yield from svc.stream_answer(chat_request, plan, cancel, record).deltas()
 
 
