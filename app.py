@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from datetime import datetime, timedelta, timezone
@@ -37,6 +37,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import gevent
+import redis
 import requests
 import urllib3
 from filelock import FileLock
@@ -440,111 +441,388 @@ class KeyPool:
         return KeyPlan(turn, usable, min(quota_returns, default=None),
                        not usable and not quota_returns)
 
-    def note_failure(self, key: ApiKey, model: str, failure: UpstreamFailure) -> None:
-        """Remember a rate-limited or invalid key so no worker tries it again too soon."""
-        now = time.time()
-        if failure.kind == "rate_limit":
+    def note_attempt(self, key: ApiKey, model: str, failure: UpstreamFailure | None = None,
+                     new_attempt: bool = True) -> None:
+        """Count an attempt; rest a rate-limited or invalid key so no worker tries it too soon."""
+        now, marks = time.time(), {}
+        if failure is not None and failure.kind == "rate_limit":
             until = next_pacific_midnight(now) if failure.per_day else now + failure.retry_after
-            self.store.add_marks(self.provider, {quota_mark(key, model): until})
-        elif failure.kind == "invalid_key":
-            self.store.add_marks(self.provider, {invalid_mark(key): now + INVALID_KEY_COOLDOWN})
+            marks[quota_mark(key, model)] = until
+        elif failure is not None and failure.kind == "invalid_key":
+            marks[invalid_mark(key)] = now + INVALID_KEY_COOLDOWN
+        if failure is not None and failure.kind == "request":
+            failure = None  # the request's own fault does not count against the key
+        error = f"{failure.kind}: {failure.message}" if failure is not None else None
+        self.store.note_attempt(self.provider, key.id, marks, error, new_attempt)
 
 
 # ---------------------------------------------------------------- state
 
 
 class StateStore:
-    """Shared state: per-provider rotation counters and expiring cooldown marks.
+    """Everything the workers and instances share: rotation counters, cooldown marks and
+    per-key counters, conversations and cached uploads.
 
-    The file store below is the default; a Redis store can implement the same
-    four methods.
+    DocumentStore below keeps each item as a JSON document (in files by default, in
+    memory as the Redis fallback); RedisStateStore uses Redis' own atomic commands.
     """
 
     def take_turn(self, provider: str) -> tuple:
         """Advance the provider's counter; return its previous value and the live marks."""
         raise NotImplementedError
 
-    def add_marks(self, provider: str, marks: dict) -> None:
-        """Record cooldown marks (name -> epoch seconds until which they hold)."""
+    def peek(self, provider: str) -> dict:
+        """The live marks (name -> epoch seconds until which they hold), taking no turn."""
         raise NotImplementedError
 
-    def peek(self, provider: str) -> dict:
-        """The live marks, without taking a turn."""
+    def note_attempt(self, provider: str, key_id: str, marks: dict, error: str | None,
+                     new_attempt: bool = True) -> None:
+        """Count an attempt with a key (a failure when error is given; new_attempt=False for a
+        failure later in an attempt already counted) and add cooldown marks."""
+        raise NotImplementedError
+
+    def key_stats(self, provider: str) -> dict:
+        """Per key id: {requests, failures, last_error, last_used}."""
         raise NotImplementedError
 
     def claim(self, name: str) -> bool:
-        """True for the first caller to claim a name, so workers can do a thing once."""
+        """True for the first caller to claim a name (for a day), so workers do a thing once."""
+        raise NotImplementedError
+
+    def load_chat(self, chat_id: str) -> dict | None:
+        """A live conversation {"owner": str, "turns": [turn dicts]}, or None."""
+        raise NotImplementedError
+
+    def append_chat(self, chat_id: str, owner: str, turns: list, max_turns: int,
+                    ttl: float) -> None:
+        """Append turns to a conversation in one atomic step, keep the last max_turns."""
+        raise NotImplementedError
+
+    def delete_chat(self, chat_id: str) -> bool:
+        raise NotImplementedError
+
+    def save_upload(self, file_id: str, record: dict, ttl: float) -> None:
+        raise NotImplementedError
+
+    def load_upload(self, file_id: str) -> dict | None:
         raise NotImplementedError
 
 
-class FileStateStore(StateStore):
-    """State in TEMP_DATA_DIR as one JSON file per provider, changed under a file lock.
+def keys_document(doc: dict) -> dict:
+    """A provider's key state with every part present and expired marks dropped."""
+    now = time.time()
+    doc["counter"] = doc.get("counter") if isinstance(doc.get("counter"), int) else 0
+    marks = doc.get("marks") if isinstance(doc.get("marks"), dict) else {}
+    doc["marks"] = {k: v for k, v in marks.items() if isinstance(v, (int, float)) and v > now}
+    doc["stats"] = doc.get("stats") if isinstance(doc.get("stats"), dict) else {}
+    return doc
 
-    The lock is held only to read, change and atomically replace the file,
-    never across network I/O.
+
+def count_attempt(stats: dict, error: str | None, new_attempt: bool) -> dict:
+    """Per-key counters after an attempt, or a failure later in one."""
+    stats = {"requests": 0, "failures": 0, "last_error": None, "last_used": None, **stats}
+    stats["requests"] += int(new_attempt)
+    stats["last_used"] = time.time()
+    if error is not None:
+        stats["failures"] += 1
+        stats["last_error"] = error
+    return stats
+
+
+class DocumentStore(StateStore):
+    """The state as named JSON documents, each changed by one atomic read-modify-write."""
+
+    def update(self, name: str, change: Callable, ttl: float | None = None) -> Any:
+        """Apply change(doc) to a document atomically and return what it returns."""
+        raise NotImplementedError
+
+    def read(self, name: str) -> dict | None:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def take_turn(self, provider):
+        def turn(doc):
+            keys_document(doc)
+            doc["counter"] = (doc["counter"] + 1) % (2 ** 31)
+            return (doc["counter"] - 1) % (2 ** 31), dict(doc["marks"])
+        return self.update(f"keys-{provider}", turn)
+
+    def peek(self, provider):
+        return keys_document(self.read(f"keys-{provider}") or {})["marks"]
+
+    def note_attempt(self, provider, key_id, marks, error, new_attempt=True):
+        def note(doc):
+            keys_document(doc)
+            for name, until in marks.items():
+                doc["marks"][name] = max(until, doc["marks"].get(name, 0))
+            doc["stats"][key_id] = count_attempt(doc["stats"].get(key_id, {}), error, new_attempt)
+        self.update(f"keys-{provider}", note)
+
+    def key_stats(self, provider):
+        return keys_document(self.read(f"keys-{provider}") or {})["stats"]
+
+    def claim(self, name):
+        def take(doc):
+            taken = bool(doc)
+            doc["claimed"] = True
+            return not taken
+        return self.update(f"claim-{name}", take, ttl=86400)
+
+    def load_chat(self, chat_id):
+        return self.read(f"chat-{chat_id}")
+
+    def append_chat(self, chat_id, owner, turns, max_turns, ttl):
+        def append(doc):
+            doc.setdefault("owner", owner)
+            doc["turns"] = (doc.get("turns", []) + turns)[-max_turns:]
+        self.update(f"chat-{chat_id}", append, ttl)
+
+    def delete_chat(self, chat_id):
+        return self.delete(f"chat-{chat_id}")
+
+    def save_upload(self, file_id, record, ttl):
+        self.update(f"upload-{file_id}", lambda doc: doc.update(record), ttl)
+
+    def load_upload(self, file_id):
+        return self.read(f"upload-{file_id}")
+
+
+EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-")
+
+
+class FileStateStore(DocumentStore):
+    """Documents as JSON files in TEMP_DATA_DIR, each changed under its own file lock.
+
+    A write goes to a temporary file that then replaces the document, so a
+    worker killed mid-write never leaves it unreadable. The lock is held only to
+    read, change and replace, never across network I/O. An expiring document's
+    mtime is its expiry time.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.locks = {}
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def update(self, name, change, ttl=None):
+        path = self.path(name)
+        with FileLock(f"{path}.lock", poll_interval=0.001):
+            doc = self.read(name) or {}
+            result = change(doc)
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.{id(doc)}.tmp")
+            temporary.write_text(json.dumps(doc, ensure_ascii=False))
+            if ttl is not None:
+                os.utime(temporary, (time.time(), time.time() + ttl))
+            os.replace(temporary, path)
+        return result
+
+    def read(self, name):
+        """A live document; a missing, expired or corrupt one reads as None."""
+        path = self.path(name)
+        try:
+            if name.startswith(EXPIRING_DOCUMENTS) and path.stat().st_mtime < time.time():
+                return None
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict):
+                return doc
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            pass
+        log.warning("state file %s is unreadable; starting it again", path.name)
+        return None
+
+    def delete(self, name):
+        path = self.path(name)
+        with FileLock(f"{path}.lock", poll_interval=0.001):
+            existed = self.read(name) is not None
+            path.unlink(missing_ok=True)
+        Path(f"{path}.lock").unlink(missing_ok=True)
+        return existed
+
+    def save_upload(self, file_id, record, ttl):
+        super().save_upload(file_id, record, ttl)
+        self.sweep("upload-")
+
+    def sweep(self, prefix: str) -> None:
+        """Remove expired documents of a kind (their mtime has passed)."""
+        now = time.time()
+        for path in self.directory.glob(f"{prefix}*.json"):
+            with suppress(OSError):
+                if path.stat().st_mtime < now:
+                    path.unlink()
+                    Path(f"{path}.lock").unlink(missing_ok=True)
+
+
+class MemoryStateStore(DocumentStore):
+    """Documents in this process only: what a worker falls back to when Redis is down."""
+
+    def __init__(self):
+        self.docs = {}
+        self.lock = threading.Lock()
+
+    def update(self, name, change, ttl=None):
+        with self.lock:
+            doc = self.read(name) or {}
+            result = change(doc)
+            expires = time.time() + ttl if ttl is not None else None
+            self.docs[name] = (json.loads(json.dumps(doc)), expires)
+        return result
+
+    def read(self, name):
+        doc, expires = self.docs.get(name, (None, None))
+        if doc is None or (expires is not None and expires < time.time()):
+            return None
+        return json.loads(json.dumps(doc))
+
+    def delete(self, name):
+        with self.lock:
+            return self.docs.pop(name, None) is not None
+
+
+NOTE_ATTEMPT = """
+local now = tonumber(ARGV[3])
+local marks = redis.call('HGETALL', KEYS[1])
+for i = 1, #marks, 2 do
+  if tonumber(marks[i + 1]) < now then redis.call('HDEL', KEYS[1], marks[i]) end
+end
+for i = 6, #ARGV, 2 do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > old then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HINCRBY', KEYS[2], ARGV[4] .. ':requests', tonumber(ARGV[5]))
+redis.call('HSET', KEYS[2], ARGV[4] .. ':last_used', ARGV[3])
+if ARGV[1] == '1' then
+  redis.call('HINCRBY', KEYS[2], ARGV[4] .. ':failures', 1)
+  redis.call('HSET', KEYS[2], ARGV[4] .. ':last_error', ARGV[2])
+end
+"""
+
+
+class RedisStateStore(StateStore):
+    """State in Redis (REDIS_URL), shared by every instance, with Redis' atomic commands.
+
+    While Redis cannot be reached, each operation falls back to this process's
+    memory (rotation and cooldowns become per-process) and the outage is logged,
+    never raised at the user.
+    """
+
+    def __init__(self, url: str):
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                          health_check_interval=30, decode_responses=True)
+        self.note_script = self.redis.register_script(NOTE_ATTEMPT)
+        self.fallback = MemoryStateStore()
+        self.last_complaint = 0.0
+
+    def safely(self, operation: str, *args) -> Any:
+        """Run an operation on Redis, or on the in-memory fallback while Redis is down."""
+        try:
+            return getattr(self, "redis_" + operation)(*args)
+        except redis.RedisError as exc:
+            if time.monotonic() - self.last_complaint > 30:
+                self.last_complaint = time.monotonic()
+                log.error("Redis is unreachable (%s); using this process's memory for now",
+                          type(exc).__name__)
+            return getattr(self.fallback, operation)(*args)
 
     def take_turn(self, provider):
-        with self.locked(provider) as state:
-            turn = state["counter"]
-            state["counter"] = (turn + 1) % (2 ** 31)
-            return turn, dict(state["marks"])
-
-    def add_marks(self, provider, marks):
-        with self.locked(provider) as state:
-            for name, until in marks.items():
-                state["marks"][name] = max(until, state["marks"].get(name, 0))
+        return self.safely("take_turn", provider)
 
     def peek(self, provider):
-        return self.read(self.path(provider))["marks"]
+        return self.safely("peek", provider)
+
+    def note_attempt(self, provider, key_id, marks, error, new_attempt=True):
+        return self.safely("note_attempt", provider, key_id, marks, error, new_attempt)
+
+    def key_stats(self, provider):
+        return self.safely("key_stats", provider)
 
     def claim(self, name):
-        marker = self.directory / f"claim-{name}"
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return False
-        for stale in self.directory.glob(f"claim-{name.split('-')[0]}-*"):
-            if stale != marker:
-                stale.unlink(missing_ok=True)
-        return True
+        return self.safely("claim", name)
 
-    def path(self, provider: str) -> Path:
-        return self.directory / f"keys-{provider}.json"
+    def load_chat(self, chat_id):
+        return self.safely("load_chat", chat_id)
 
-    @contextmanager
-    def locked(self, provider: str):
-        """Yield the provider's state for changing; write it back atomically."""
-        path = self.path(provider)
-        if provider not in self.locks:
-            self.locks[provider] = FileLock(f"{path}.lock", poll_interval=0.001)
-        with self.locks[provider]:
-            state = self.read(path)
-            yield state
-            now = time.time()
-            state["marks"] = {k: v for k, v in state["marks"].items() if v > now}
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            temporary.write_text(json.dumps(state))
-            os.replace(temporary, path)
+    def append_chat(self, chat_id, owner, turns, max_turns, ttl):
+        return self.safely("append_chat", chat_id, owner, turns, max_turns, ttl)
+
+    def delete_chat(self, chat_id):
+        return self.safely("delete_chat", chat_id)
+
+    def save_upload(self, file_id, record, ttl):
+        return self.safely("save_upload", file_id, record, ttl)
+
+    def load_upload(self, file_id):
+        return self.safely("load_upload", file_id)
+
+    def redis_take_turn(self, provider):
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(f"chatbridge:counter:{provider}")
+        pipe.hgetall(f"chatbridge:marks:{provider}")
+        counter, marks = pipe.execute()
+        return (counter - 1) % (2 ** 31), self.live(marks)
+
+    def redis_peek(self, provider):
+        return self.live(self.redis.hgetall(f"chatbridge:marks:{provider}"))
+
+    def redis_note_attempt(self, provider, key_id, marks, error, new_attempt=True):
+        pairs = [item for name, until in marks.items() for item in (name, repr(until))]
+        self.note_script(keys=[f"chatbridge:marks:{provider}", f"chatbridge:stats:{provider}"],
+                         args=["1" if error is not None else "0", error or "", repr(time.time()),
+                               key_id, "1" if new_attempt else "0", *pairs])
+
+    def redis_key_stats(self, provider):
+        stats = {}
+        for field_name, value in self.redis.hgetall(f"chatbridge:stats:{provider}").items():
+            key_id, _, name = field_name.partition(":")
+            number = name in ("requests", "failures", "last_used")
+            stats.setdefault(key_id, {"requests": 0, "failures": 0, "last_error": None,
+                                      "last_used": None})[name] = float(value) if number else value
+        for entry in stats.values():
+            entry["requests"], entry["failures"] = int(entry["requests"]), int(entry["failures"])
+        return stats
+
+    def redis_claim(self, name):
+        return bool(self.redis.set(f"chatbridge:claim:{name}", "1", nx=True, ex=86400))
+
+    def redis_load_chat(self, chat_id):
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(f"chatbridge:chat:{chat_id}:owner")
+        pipe.lrange(f"chatbridge:chat:{chat_id}", 0, -1)
+        owner, turns = pipe.execute()
+        if owner is None:
+            return None
+        return {"owner": owner, "turns": [json.loads(turn) for turn in turns]}
+
+    def redis_append_chat(self, chat_id, owner, turns, max_turns, ttl):
+        name, seconds = f"chatbridge:chat:{chat_id}", max(1, int(ttl))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(f"{name}:owner", owner, nx=True, ex=seconds)
+        pipe.rpush(name, *[json.dumps(turn, ensure_ascii=False) for turn in turns])
+        pipe.ltrim(name, -max_turns, -1)
+        pipe.expire(name, seconds)
+        pipe.expire(f"{name}:owner", seconds)
+        pipe.execute()
+
+    def redis_delete_chat(self, chat_id):
+        name = f"chatbridge:chat:{chat_id}"
+        return self.redis.delete(name, f"{name}:owner") > 0
+
+    def redis_save_upload(self, file_id, record, ttl):
+        self.redis.set(f"chatbridge:upload:{file_id}", json.dumps(record), ex=max(1, int(ttl)))
+
+    def redis_load_upload(self, file_id):
+        record = self.redis.get(f"chatbridge:upload:{file_id}")
+        return json.loads(record) if record else None
 
     @staticmethod
-    def read(path: Path) -> dict:
-        """The stored state; a missing or corrupt file starts again from zero."""
-        try:
-            state = json.loads(path.read_text())
-            if isinstance(state.get("counter"), int) and isinstance(state.get("marks"), dict):
-                return state
-            log.warning("state file %s has an unexpected shape; starting again", path.name)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError):
-            log.warning("state file %s is unreadable; starting again", path.name)
-        return {"counter": 0, "marks": {}}
+    def live(marks: dict) -> dict:
+        now = time.time()
+        return {name: float(until) for name, until in marks.items() if float(until) > now}
 
 
 # ---------------------------------------------------------------- requests
@@ -1312,7 +1590,8 @@ class Service:
                 raise classify_failure(response.status_code, read_error_body(response),
                                        response.headers)
             rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
-            note = partial(self.pools[chat.provider].note_failure, key, chat.model)
+            note = partial(self.pools[chat.provider].note_attempt, key, chat.model,
+                           new_attempt=False)
             return Answer(read_until_content(rest), rest, response, note)
         except BaseException:
             close_upstream(response)
@@ -1342,10 +1621,10 @@ class Service:
             record.attempts += 1
             record.key = key.suffix
             try:
-                return attempt(chat, key, cancel)
+                answer = attempt(chat, key, cancel)
             except UpstreamFailure as failure:
                 failure.message = self.public_text(failure.message)
-                self.pools[chat.provider].note_failure(key, chat.model, failure)
+                self.pools[chat.provider].note_attempt(key, chat.model, failure)
                 log.warning("%s key %s failed (%s): %s", chat.provider, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
@@ -1353,6 +1632,9 @@ class Service:
                 if failure.kind == "rate_limit":
                     exhausted_groups.add(key.group)
                 failures.append(failure)
+                continue
+            self.pools[chat.provider].note_attempt(key, chat.model)
+            return answer
         cancel.check()
         raise self.give_up(chat, plan, failures)
 
