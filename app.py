@@ -15,6 +15,7 @@ import base64
 import binascii
 import email.utils
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import mimetypes
 import os
 import queue
 import re
+import secrets
 import sys
 import threading
 import time
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -67,6 +69,7 @@ FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "S
 INVALID_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED"}
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+CHAT_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KEY_PATTERN = re.compile(r"AIza[0-9A-Za-z_\-]{8,}|sk-[0-9A-Za-z_\-*.]{6,}")
 
 # ---------------------------------------------------------------- config
@@ -117,6 +120,12 @@ class Config:
     key_wait_seconds: float = 5.0
     ping_seconds: float = 15.0
     log_language: str = "en"
+    redis_url: str = ""
+    access_tokens: tuple = field(default=(), repr=False)
+    admin_token: str = field(default="", repr=False)
+    chat_max_turns: int = 50
+    chat_ttl_hours: float = 72.0
+    upload_ttl_minutes: float = 60.0
 
     def keys(self, provider: str) -> tuple:
         """The keys configured for a provider."""
@@ -170,6 +179,11 @@ def load_config(environ=os.environ) -> Config:
     if language not in ("en", "fa"):
         problems.append(f"LOG_LANGUAGE must be 'en' or 'fa', not {language!r}")
     origins = tuple(o.strip() for o in environ.get("CORS_ORIGINS", "*").split(",") if o.strip())
+    tokens = tuple(dict.fromkeys(t.strip() for t in environ.get("ACCESS_TOKENS", "").split(",")
+                                 if t.strip()))
+    redis_url = environ.get("REDIS_URL", "").strip()
+    if redis_url and not re.match(r"(rediss?|unix)://", redis_url):
+        problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
     data_dir = environ.get("TEMP_DATA_DIR", "").strip()
     config = Config(
         gemini_keys=gemini_keys,
@@ -187,6 +201,12 @@ def load_config(environ=os.environ) -> Config:
         key_wait_seconds=number("KEY_WAIT_SECONDS", 5.0),
         ping_seconds=number("SSE_PING_SECONDS", 15.0, 0.05),
         log_language=language if language in ("en", "fa") else "en",
+        redis_url=redis_url,
+        access_tokens=tokens,
+        admin_token=environ.get("ADMIN_TOKEN", "").strip(),
+        chat_max_turns=number("CHAT_MAX_TURNS", 50, 2, int),
+        chat_ttl_hours=number("CHAT_TTL_HOURS", 72.0, 0.001),
+        upload_ttl_minutes=number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
     )
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
@@ -398,6 +418,10 @@ def next_pacific_midnight(now: float) -> float:
     return (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
 def quota_mark(key: ApiKey, model: str) -> str:
     return f"quota|{key.group}|{model}"
 
@@ -440,6 +464,30 @@ class KeyPool:
                 usable.append(key)
         return KeyPlan(turn, usable, min(quota_returns, default=None),
                        not usable and not quota_returns)
+
+    def status(self) -> list:
+        """Each key's state and counters, with only its last four characters."""
+        marks, stats, now = self.store.peek(self.provider), self.store.key_stats(self.provider), \
+            time.time()
+        report = []
+        for key in self.keys:
+            prefix = quota_mark(key, "")
+            cooling = {name[len(prefix):]: iso_time(until) for name, until in marks.items()
+                       if name.startswith(prefix) and until > now}
+            invalid = marks.get(invalid_mark(key), 0)
+            counters = stats.get(key.id, {})
+            report.append({
+                "key": key.suffix,
+                "group": key.group.removeprefix("group:") if key.group.startswith("group:") else None,
+                "state": "invalid" if invalid > now else "cooling" if cooling else "ok",
+                "cooling_until": cooling,
+                "invalid_until": iso_time(invalid) if invalid > now else None,
+                "requests": counters.get("requests", 0),
+                "failures": counters.get("failures", 0),
+                "last_error": counters.get("last_error"),
+                "last_used": iso_time(counters["last_used"]) if counters.get("last_used") else None,
+            })
+        return report
 
     def note_attempt(self, key: ApiKey, model: str, failure: UpstreamFailure | None = None,
                      new_attempt: bool = True) -> None:
@@ -848,6 +896,7 @@ class Turn:
     role: str
     text: str
     files: tuple = ()
+    file_ids: tuple = ()  # the uploads the files came from, so a stored conversation keeps them
 
 
 @dataclass
@@ -862,6 +911,7 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     stream: bool = True
+    chat_id: str | None = None
 
     @property
     def message(self) -> str:
@@ -978,19 +1028,35 @@ def ui_file(part: dict, where: str, config: Config) -> Attachment:
     return checked_file(media_type or match.group(1), match.group(2), filename, where, config)
 
 
-def parse_chat_request(body: dict, config: Config) -> ChatRequest:
-    """Validate a /api/chat body of any of its three shapes into a ChatRequest."""
+def parse_file_id(body: dict, uploads: Callable) -> tuple:
+    """The cached upload a file_id names, as (files, file_ids); a 404 when it has expired."""
+    file_id = optional(body, "file_id", str, lambda v: bool(CHAT_ID.fullmatch(v)),
+                       "an id that /api/upload returned")
+    if file_id is None:
+        return (), ()
+    record = uploads(file_id)
+    if record is None:
+        raise ChatError(404, f"unknown or expired file_id {file_id!r}: upload the file again")
+    return (Attachment(record["mime_type"], record["data"], record.get("filename", "")),), (file_id,)
+
+
+def parse_chat_request(body: dict, config: Config, uploads: Callable) -> ChatRequest:
+    """Validate a /api/chat body of any of its three shapes into a ChatRequest.
+
+    uploads(file_id) returns a cached upload's record or None.
+    """
     if "messages" in body:
         shape = "ui"
         system, turns = parse_ui_messages(body["messages"], config)
     elif "user_content" in body or "message" in body:
         shape, field_name = ("B", "user_content") if "user_content" in body else ("A", "message")
         message = optional(body, field_name, str, hint="a string") or ""
-        files = parse_file_data(body.get("file_data"), config)
+        cached, file_ids = parse_file_id(body, uploads)
+        files = parse_file_data(body.get("file_data"), config) + cached
         if not message.strip() and not files:
             raise ChatError(400, f"'{field_name}' is empty: send a message or a file")
         system = optional(body, "system_content", str, hint="a string") or None
-        turns = parse_history(body.get("history")) + [Turn("user", message, files)]
+        turns = parse_history(body.get("history")) + [Turn("user", message, files, file_ids)]
     else:
         raise ChatError(400, "the body needs 'message' (streaming chat), 'user_content' "
                              "(OpenAI-style chat) or 'messages' (AI SDK useChat)")
@@ -1004,6 +1070,8 @@ def parse_chat_request(body: dict, config: Config) -> ChatRequest:
                              "a number from 0 to 2"),
         max_tokens=optional(body, "max_tokens", int, lambda v: v > 0, "a positive integer"),
         stream=shape != "B" or bool(optional(body, "stream", bool, hint="true or false")),
+        chat_id=optional(body, "chat_id", str, lambda v: bool(CHAT_ID.fullmatch(v)),
+                         "16 to 64 characters of A-Z, a-z, 0-9, _ and -"),
     )
 
 
@@ -1484,40 +1552,6 @@ def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterat
         yield item
 
 
-def relay(source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Cancel,
-          interval: float, public_text: Callable) -> Iterator:
-    """Write an answer's deltas to the client; any failure becomes one terminal error event."""
-    try:
-        yield writer.start()
-        for item in with_heartbeats(source, interval, cancel):
-            if item is PING:
-                yield PING
-                continue
-            if item.kind in CONTENT_KINDS:
-                record.mark_first_token()
-            yield writer.event(item)
-        yield writer.done()
-    except GeneratorExit:
-        record.outcome = "client disconnected"
-        raise
-    except Exception as exc:
-        message = failure_text(exc, public_text)
-        record.outcome = f"error: {message}"
-        yield writer.error(message)
-    finally:
-        cancel.cancel()
-
-
-def failure_text(exc: Exception, public_text: Callable) -> str:
-    """What a client may read about a failure: never a key, never a traceback."""
-    if isinstance(exc, ChatError):
-        return exc.message
-    if isinstance(exc, UpstreamFailure):
-        return public_text(exc.message)
-    log.exception("unexpected error while streaming")
-    return "internal error while streaming the answer"
-
-
 # ---------------------------------------------------------------- service
 
 
@@ -1526,14 +1560,16 @@ class Service:
 
     def __init__(self, config: Config):
         self.config = config
-        self.store = FileStateStore(config.temp_data_dir)
+        self.store = RedisStateStore(config.redis_url) if config.redis_url else \
+            FileStateStore(config.temp_data_dir)
         self.pools = {p: KeyPool(p, config.keys(p), self.store) for p in PROVIDERS}
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        secrets = [k.secret for p in PROVIDERS for k in config.keys(p)]
-        names = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+        hidden = [k.secret for p in PROVIDERS for k in config.keys(p)] + list(config.access_tokens)
+        hidden += [config.admin_token] if config.admin_token else []
+        names = "|".join(re.escape(s) for s in sorted(hidden, key=len, reverse=True))
         self.secret_pattern = re.compile(f"{names}|{KEY_PATTERN.pattern}" if names else
                                          KEY_PATTERN.pattern)
 
@@ -1544,6 +1580,85 @@ class Service:
     def public_text(self, text: str) -> str:
         """An upstream message as clients and logs may see it: redacted, then shortened."""
         return self.redact(text)[:MESSAGE_LIMIT]
+
+    def relay(self, source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Cancel,
+              on_success: Callable | None = None) -> Iterator:
+        """Write an answer's deltas to the client; any failure becomes one terminal error event.
+
+        on_success(text) runs with the whole answer before the client is told it is done.
+        """
+        texts = []
+        try:
+            yield writer.start()
+            for item in with_heartbeats(source, self.config.ping_seconds, cancel):
+                if item is PING:
+                    yield PING
+                    continue
+                if item.kind in CONTENT_KINDS:
+                    record.mark_first_token()
+                if item.kind == "text" and on_success:
+                    texts.append(item.value)
+                yield writer.event(item)
+            if on_success:
+                on_success("".join(texts))
+            yield writer.done()
+        except GeneratorExit:
+            record.outcome = "client disconnected"
+            raise
+        except Exception as exc:
+            message = self.failure_text(exc)
+            record.outcome = f"error: {message}"
+            yield writer.error(message)
+        finally:
+            cancel.cancel()
+
+    def failure_text(self, exc: Exception) -> str:
+        """What a client may read about a failure: never a key, never a traceback."""
+        if isinstance(exc, ChatError):
+            return exc.message
+        if isinstance(exc, UpstreamFailure):
+            return self.public_text(exc.message)
+        log.exception("unexpected error while streaming")
+        return "internal error while streaming the answer"
+
+    def cached_upload(self, file_id: str) -> dict | None:
+        return self.store.load_upload(file_id)
+
+    def conversation(self, chat_id: str, owner: str) -> list:
+        """A stored conversation's turns; another token's chat is a 404, as if it did not exist."""
+        stored = self.store.load_chat(chat_id)
+        if stored is None:
+            return []
+        if not hmac.compare_digest(stored.get("owner", ""), owner):
+            raise ChatError(404, f"no chat {chat_id!r}")
+        return stored.get("turns", [])
+
+    def continue_conversation(self, chat: ChatRequest, owner: str) -> None:
+        """Put a chat_id's stored turns before the request's own; their files if still cached."""
+        if not chat.chat_id:
+            return
+        turns = []
+        for stored in self.conversation(chat.chat_id, owner):
+            cached = [(i, self.cached_upload(i)) for i in stored.get("file_ids", [])]
+            files = tuple(Attachment(r["mime_type"], r["data"], r.get("filename", ""))
+                          for _, r in cached if r)
+            turns.append(Turn(stored["role"], stored["content"], files,
+                              tuple(i for i, r in cached if r)))
+        while turns and turns[0].role != "user":
+            turns.pop(0)  # trimming may have cut a pair; upstreams want the user first
+        chat.turns = turns + chat.turns
+        refuse_unsendable_files(chat.provider, chat.turns)
+
+    def remember(self, chat: ChatRequest, owner: str, answer: str) -> None:
+        """Append the user's turn and the whole answer to the conversation, in one step."""
+        if not chat.chat_id:
+            return
+        question = chat.turns[-1]
+        user = {"role": "user", "content": question.text}
+        if question.file_ids:
+            user["file_ids"] = list(question.file_ids)
+        self.store.append_chat(chat.chat_id, owner, [user, {"role": "assistant", "content": answer}],
+                               self.config.chat_max_turns, self.config.chat_ttl_hours * 3600)
 
     def reserve(self, chat: ChatRequest) -> KeyPlan | None:
         """The keys this request may try; waits briefly for a cooling key, else 429."""
@@ -1721,6 +1836,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
     app.before_request(start_record)
+    app.before_request(check_access)
     app.after_request(log_when_done)
     announce(config, app.extensions["chatbridge"].store)
     return app
@@ -1741,6 +1857,10 @@ def announce(config: Config, store: "StateStore") -> None:
     if "*" in config.cors_origins:
         log.warning("CORS allows every origin; in production set CORS_ORIGINS to your "
                     "frontend's origins")
+    if not config.access_tokens:
+        log.warning("ACCESS_TOKENS is not set: /api is open to anyone who can reach it")
+    log.info("shared state: %s", "Redis (REDIS_URL)" if config.redis_url else
+             f"files in {config.temp_data_dir}")
 
 
 def gunicorn_master() -> str | None:
@@ -1757,7 +1877,10 @@ def gunicorn_master() -> str | None:
 
 def chat_error(error: ChatError):
     g.chat_log.outcome = f"error: {error.message}"
-    return jsonify(error=error.message), error.status, error.headers()
+    headers = error.headers()
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ChatBridge"'
+    return jsonify(error=error.message), error.status, headers
 
 
 def http_error(error: HTTPException):
@@ -1786,6 +1909,36 @@ def unexpected_error(error: Exception):
 
 def start_record():
     g.chat_log = RequestLog()
+    g.owner = ""
+
+
+def presented_token() -> str:
+    """The token a client sent: as a Bearer token (OpenAI style) or x-goog-api-key / key=."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-goog-api-key", "") or request.args.get("key", "")
+
+
+def matches(token: str, expected: tuple) -> bool:
+    """Whether a token is one of the expected ones, compared in constant time."""
+    found = False
+    for candidate in expected:
+        found |= hmac.compare_digest(token.encode(), candidate.encode())
+    return found
+
+
+def check_access():
+    """With ACCESS_TOKENS set, every /api route (but the admin's /api/keys) needs one of them."""
+    tokens = service().config.access_tokens
+    if not tokens or not request.path.startswith("/api/") or request.path == "/api/keys" \
+            or request.method == "OPTIONS":
+        return
+    token = presented_token()
+    if not matches(token, tokens):
+        raise ChatError(401, "missing or wrong access token: send it as Authorization: "
+                             "Bearer <token>")
+    g.owner = fingerprint(token)
 
 
 def log_when_done(response: Response) -> Response:
@@ -1839,22 +1992,25 @@ def healthz():
 def chat():
     """Answer any of the three shapes; the status is settled before the first byte."""
     svc = service()
-    chat_request = parse_chat_request(read_json_body(), svc.config)
+    chat_request = parse_chat_request(read_json_body(), svc.config, svc.cached_upload)
+    svc.continue_conversation(chat_request, g.owner)
+    remember = partial(svc.remember, chat_request, g.owner)
     record = g.chat_log
     record.shape, record.provider, record.model = (chat_request.shape, chat_request.provider,
                                                    chat_request.model)
     plan = svc.reserve(chat_request)
     cancel = Cancel()
     if chat_request.shape == "B" and not chat_request.stream:
-        return jsonify(svc.complete(chat_request, plan, cancel, record))
+        completion = svc.complete(chat_request, plan, cancel, record)
+        remember(completion["choices"][0]["message"].get("content") or "")
+        return jsonify(completion)
     if chat_request.shape == "B":
         source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
         writer = ShapeBWriter(chat_request.model)
     else:
         source = lazy_answer(svc, chat_request, plan, cancel, record)
         writer = UIMessageWriter() if chat_request.shape == "ui" else ShapeAWriter()
-    response = sse_response(relay(source, writer, record, cancel, svc.config.ping_seconds,
-                                  svc.public_text), writer.headers)
+    response = sse_response(svc.relay(source, writer, record, cancel, remember), writer.headers)
     response.call_on_close(cancel.cancel)
     return response
 
@@ -1880,9 +2036,45 @@ def upload():
     mime = file.mimetype
     if not mime or mime == "application/octet-stream":
         mime = guess_mime(file.filename)
-    return jsonify(success=True, file_data={"mime_type": mime,
-                                            "data": base64.b64encode(content).decode("ascii"),
-                                            "filename": file.filename})
+    file_data = {"mime_type": mime, "data": base64.b64encode(content).decode("ascii"),
+                 "filename": file.filename}
+    file_id = "file-" + secrets.token_urlsafe(24)
+    service().store.save_upload(file_id, file_data, service().config.upload_ttl_minutes * 60)
+    return jsonify(success=True, file_data=file_data, file_id=file_id)
+
+
+@bp.get("/api/chats/<chat_id>")
+def chat_history(chat_id: str):
+    """A stored conversation, in the shape the chat requests' `history` takes."""
+    turns = service().conversation(checked_chat_id(chat_id), g.owner)
+    if not turns:
+        raise ChatError(404, f"no chat {chat_id!r}")
+    return jsonify(chat_id=chat_id, history=turns)
+
+
+@bp.delete("/api/chats/<chat_id>")
+def delete_chat(chat_id: str):
+    service().conversation(checked_chat_id(chat_id), g.owner)
+    if not service().store.delete_chat(chat_id):
+        raise ChatError(404, f"no chat {chat_id!r}")
+    return jsonify(deleted=True, chat_id=chat_id)
+
+
+def checked_chat_id(chat_id: str) -> str:
+    if not CHAT_ID.fullmatch(chat_id):
+        raise ChatError(400, "a chat id is 16 to 64 characters of A-Z, a-z, 0-9, _ and -")
+    return chat_id
+
+
+@bp.get("/api/keys")
+def key_status():
+    """Each key's state and counters, for the admin (ADMIN_TOKEN); never the keys themselves."""
+    svc = service()
+    if not svc.config.admin_token:
+        raise ChatError(404, f"no such endpoint: GET {request.path}")
+    if not matches(presented_token(), (svc.config.admin_token,)):
+        raise ChatError(401, "this needs the admin token: Authorization: Bearer <ADMIN_TOKEN>")
+    return jsonify(providers={p: svc.pools[p].status() for p in PROVIDERS})
 
 
 # ---------------------------------------------------------------- entry point

@@ -204,8 +204,11 @@ def test_upload_returns_base64_file_data(server):
     response = requests.post(server.url + "/api/upload", timeout=10,
                              files={"file": ("pixel.png", PNG, "image/png")})
     assert response.status_code == 200
-    assert response.json() == {"success": True, "file_data": {
-        "mime_type": "image/png", "data": base64.b64encode(PNG).decode(), "filename": "pixel.png"}}
+    body = response.json()
+    assert body["success"] is True
+    assert body["file_data"] == {"mime_type": "image/png", "data": base64.b64encode(PNG).decode(),
+                                 "filename": "pixel.png"}
+    assert body["file_id"].startswith("file-")
 
 
 @pytest.mark.parametrize("sent_type", [None, "application/octet-stream"])
