@@ -3,12 +3,14 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tests.fakes import FakeGemini, FakeOpenAI
@@ -17,8 +19,10 @@ import contextlib
 REPO = Path(__file__).resolve().parent.parent
 GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
                "AIzaFakeGeminiKeyNumber3cccc"]
+ADMIN_TOKEN = "admin-token-for-tests-0001"
 ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "zjuprivatekey0123456789abcdefTwo2222"]  # one without a known prefix
-CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL",
+CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL", "REDIS_URL",
+           "ACCESS_TOKENS", "ADMIN_TOKEN", "CHAT_MAX_TURNS", "CHAT_TTL_HOURS", "UPLOAD_TTL_MINUTES",
            "GEMINI_MODEL", "DEFAULT_MODEL", "PORT", "CORS_ORIGINS", "TEMP_DATA_DIR",
            "MAX_UPLOAD_MB", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT",
            "KEY_WAIT_SECONDS", "SSE_PING_SECONDS", "LOG_LANGUAGE", "HTTP_PROXY", "HTTPS_PROXY",
@@ -65,6 +69,7 @@ class Gunicorn:
     """app:app under gunicorn with gevent workers on a free 127.0.0.1 port."""
 
     def __init__(self, env: dict, data_dir: Path, workers: int = 3):
+        self.env = env
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"gunicorn-{data_dir.name}.log"
         environ = {k: v for k, v in os.environ.items() if k not in CLEARED}
@@ -99,8 +104,8 @@ class Gunicorn:
         raise RuntimeError("gunicorn did not become ready:\n" + self.log())
 
     def reset_state(self) -> None:
-        """Forget rotation counters and cooldowns between tests."""
-        for path in self.data_dir.glob("keys-*.json"):
+        """Forget rotation counters, cooldowns and conversations between tests."""
+        for path in self.data_dir.glob("*.json"):
             path.unlink()
 
     def stop(self) -> None:
@@ -142,7 +147,7 @@ def upstream_env(fake_gemini, fake_openai, **extra) -> dict:
 @pytest.fixture(scope="session")
 def main_server(start_gunicorn, fake_gemini, fake_openai):
     """The app with three Gemini keys and two ZJU keys pointed at the fakes."""
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai))
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ADMIN_TOKEN=ADMIN_TOKEN))
 
 
 @pytest.fixture
@@ -151,3 +156,48 @@ def server(main_server, gemini, openai):
     main_server.reset_state()
     yield main_server
     main_server.reset_state()
+
+
+class RedisServer:
+    """A real redis-server on a free 127.0.0.1 port (never 6379), stopped by its PID."""
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

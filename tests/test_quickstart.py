@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,13 +9,7 @@ import time
 import requests
 
 from tests.client import events, shape_a_text
-from tests.conftest import CLEARED, REPO
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import CLEARED, REPO, free_port
 
 
 def run_app_py(tmp_path) -> tuple:

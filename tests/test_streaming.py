@@ -1,6 +1,5 @@
 """Relaying streams: chunking, cut-offs, failures mid-stream, disconnects, pings, concurrency."""
 
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -8,7 +7,7 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
-from tests.conftest import GEMINI_KEYS, upstream_env
+from tests.conftest import GEMINI_KEYS, free_port, upstream_env
 from tests.fakes import (
     Reply,
     gemini_blocked,
@@ -163,10 +162,7 @@ def test_200_concurrent_streams_finish_concurrently(server, gemini):
 
 @pytest.fixture(scope="module")
 def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    dead = f"http://127.0.0.1:{closed_port}/v1beta"
+    dead = f"http://127.0.0.1:{free_port()}/v1beta"
     return start_gunicorn(upstream_env(fake_gemini, fake_openai, GEMINI_BASE_URL=dead))
 
 
