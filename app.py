@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, wraps
 from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -291,6 +292,14 @@ class ChatError(Exception):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
+def no_chat(chat_id: str) -> ChatError:
+    return ChatError(404, f"no chat {chat_id!r}")
+
+
+def no_endpoint() -> ChatError:
+    return ChatError(404, f"no such endpoint: {request.method} {request.path}")
+
+
 class ClientGone(Exception):
     """The client went away, so the upstream work stopped."""
 
@@ -443,8 +452,9 @@ class KeyPlan:
 class KeyPool:
     """One provider's keys with their shared rotation counter and cooldowns."""
 
-    def __init__(self, provider: str, keys: tuple, store: "StateStore"):
+    def __init__(self, provider: str, keys: tuple, store: "StateStore", public_text: Callable):
         self.provider, self.keys, self.store = provider, keys, store
+        self.public_text = public_text  # errors are stored as clients may see them
 
     def plan(self, model: str, turn: int | None = None) -> KeyPlan:
         """Order the usable keys from this request's turn (taking a new turn unless given one)."""
@@ -500,7 +510,7 @@ class KeyPool:
             marks[invalid_mark(key)] = now + INVALID_KEY_COOLDOWN
         if failure is not None and failure.kind == "request":
             failure = None  # the request's own fault does not count against the key
-        error = f"{failure.kind}: {failure.message}" if failure is not None else None
+        error = f"{failure.kind}: {self.public_text(failure.message)}" if failure else None
         self.store.note_attempt(self.provider, key.id, marks, error, new_attempt)
 
 
@@ -537,13 +547,17 @@ class StateStore:
         """True for the first caller to claim a name (for a day), so workers do a thing once."""
         raise NotImplementedError
 
+    def open_chat(self, chat_id: str, owner: str, ttl: float) -> list | None:
+        """A conversation's turns, claiming it for owner if it is new; None if another owns it."""
+        raise NotImplementedError
+
     def load_chat(self, chat_id: str) -> dict | None:
         """A live conversation {"owner": str, "turns": [turn dicts]}, or None."""
         raise NotImplementedError
 
     def append_chat(self, chat_id: str, owner: str, turns: list, max_turns: int,
-                    ttl: float) -> None:
-        """Append turns to a conversation in one atomic step, keep the last max_turns."""
+                    ttl: float) -> bool:
+        """Append turns in one atomic step, keeping the last max_turns; False if not owner's."""
         raise NotImplementedError
 
     def delete_chat(self, chat_id: str) -> bool:
@@ -618,14 +632,22 @@ class DocumentStore(StateStore):
             return not taken
         return self.update(f"claim-{name}", take, ttl=86400)
 
+    def open_chat(self, chat_id, owner, ttl):
+        def claim_chat(doc):
+            doc.setdefault("turns", [])
+            return doc["turns"] if doc.setdefault("owner", owner) == owner else None
+        return self.update(f"chat-{chat_id}", claim_chat, ttl)
+
     def load_chat(self, chat_id):
         return self.read(f"chat-{chat_id}")
 
     def append_chat(self, chat_id, owner, turns, max_turns, ttl):
         def append(doc):
-            doc.setdefault("owner", owner)
+            if doc.setdefault("owner", owner) != owner:
+                return False
             doc["turns"] = (doc.get("turns", []) + turns)[-max_turns:]
-        self.update(f"chat-{chat_id}", append, ttl)
+            return True
+        return self.update(f"chat-{chat_id}", append, ttl)
 
     def delete_chat(self, chat_id):
         return self.delete(f"chat-{chat_id}")
@@ -638,34 +660,44 @@ class DocumentStore(StateStore):
 
 
 EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-")
+LOCK_STRIPES = 64  # lock files are never deleted (that breaks a lock), so their number is fixed
+SWEEP_SECONDS = 60.0
 
 
 class FileStateStore(DocumentStore):
-    """Documents as JSON files in TEMP_DATA_DIR, each changed under its own file lock.
+    """Documents as JSON files in TEMP_DATA_DIR, each changed under a file lock.
 
     A write goes to a temporary file that then replaces the document, so a
-    worker killed mid-write never leaves it unreadable. The lock is held only to
+    worker killed mid-write never leaves it unreadable. A lock is held only to
     read, change and replace, never across network I/O. An expiring document's
-    mtime is its expiry time.
+    mtime is its expiry time; expired ones are swept away now and then.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+        self.locks = [FileLock(self.directory / "locks" / f"{n:02d}.lock", poll_interval=0.001)
+                      for n in range(LOCK_STRIPES)]
+        self.swept = 0.0
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
 
+    def lock(self, name: str) -> FileLock:
+        return self.locks[zlib.crc32(name.encode()) % LOCK_STRIPES]
+
     def update(self, name, change, ttl=None):
         path = self.path(name)
-        with FileLock(f"{path}.lock", poll_interval=0.001):
+        with self.lock(name):
             doc = self.read(name) or {}
             result = change(doc)
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.{id(doc)}.tmp")
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             temporary.write_text(json.dumps(doc, ensure_ascii=False))
             if ttl is not None:
                 os.utime(temporary, (time.time(), time.time() + ttl))
             os.replace(temporary, path)
+        if ttl is not None and time.monotonic() - self.swept > SWEEP_SECONDS:
+            self.sweep()
         return result
 
     def read(self, name):
@@ -685,25 +717,21 @@ class FileStateStore(DocumentStore):
         return None
 
     def delete(self, name):
-        path = self.path(name)
-        with FileLock(f"{path}.lock", poll_interval=0.001):
+        with self.lock(name):
             existed = self.read(name) is not None
-            path.unlink(missing_ok=True)
-        Path(f"{path}.lock").unlink(missing_ok=True)
+            self.path(name).unlink(missing_ok=True)
         return existed
 
-    def save_upload(self, file_id, record, ttl):
-        super().save_upload(file_id, record, ttl)
-        self.sweep("upload-")
-
-    def sweep(self, prefix: str) -> None:
-        """Remove expired documents of a kind (their mtime has passed)."""
+    def sweep(self) -> None:
+        """Remove expired documents, and temporary files a killed worker left behind."""
+        self.swept = time.monotonic()
         now = time.time()
-        for path in self.directory.glob(f"{prefix}*.json"):
+        for path in self.directory.iterdir():
             with suppress(OSError):
-                if path.stat().st_mtime < now:
+                expired = path.name.startswith(EXPIRING_DOCUMENTS) and path.stat().st_mtime < now
+                stale = path.suffix == ".tmp" and path.stat().st_mtime < now - SWEEP_SECONDS
+                if expired or stale:
                     path.unlink()
-                    Path(f"{path}.lock").unlink(missing_ok=True)
 
 
 class MemoryStateStore(DocumentStore):
@@ -732,6 +760,7 @@ class MemoryStateStore(DocumentStore):
             return self.docs.pop(name, None) is not None
 
 
+REDIS_RETRY_SECONDS = 15
 NOTE_ATTEMPT = """
 local now = tonumber(ARGV[3])
 local marks = redis.call('HGETALL', KEYS[1])
@@ -749,95 +778,102 @@ if ARGV[1] == '1' then
   redis.call('HSET', KEYS[2], ARGV[4] .. ':last_error', ARGV[2])
 end
 """
+OPEN_CHAT = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+APPEND_CHAT = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def redis_or_memory(method: Callable) -> Callable:
+    """Run a RedisStateStore method on Redis; while Redis is down, on this process's memory."""
+
+    @wraps(method)
+    def run(store, *args):
+        if time.monotonic() >= store.retry_at:
+            try:
+                return method(store, *args)
+            except redis.RedisError as exc:
+                store.retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+                log.error("Redis is unreachable (%s); state is per process for the next %d s, "
+                          "and conversation turns saved meanwhile stay in this process",
+                          type(exc).__name__, REDIS_RETRY_SECONDS)
+        return getattr(store.fallback, method.__name__)(*args)
+
+    return run
 
 
 class RedisStateStore(StateStore):
     """State in Redis (REDIS_URL), shared by every instance, with Redis' atomic commands.
 
-    While Redis cannot be reached, each operation falls back to this process's
-    memory (rotation and cooldowns become per-process) and the outage is logged,
-    never raised at the user.
+    While Redis cannot be reached, operations fall back to this process's memory
+    (rotation and cooldowns become per-process), Redis is tried again every
+    REDIS_RETRY_SECONDS, and the outage is logged, never raised at the user.
     """
 
     def __init__(self, url: str):
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
                                           health_check_interval=30, decode_responses=True)
-        self.note_script = self.redis.register_script(NOTE_ATTEMPT)
+        self.scripts = {name: self.redis.register_script(source) for name, source in
+                        (("note", NOTE_ATTEMPT), ("open", OPEN_CHAT), ("append", APPEND_CHAT))}
         self.fallback = MemoryStateStore()
-        self.last_complaint = 0.0
+        self.retry_at = 0.0
 
-    def safely(self, operation: str, *args) -> Any:
-        """Run an operation on Redis, or on the in-memory fallback while Redis is down."""
-        try:
-            return getattr(self, "redis_" + operation)(*args)
-        except redis.RedisError as exc:
-            if time.monotonic() - self.last_complaint > 30:
-                self.last_complaint = time.monotonic()
-                log.error("Redis is unreachable (%s); using this process's memory for now",
-                          type(exc).__name__)
-            return getattr(self.fallback, operation)(*args)
-
+    @redis_or_memory
     def take_turn(self, provider):
-        return self.safely("take_turn", provider)
-
-    def peek(self, provider):
-        return self.safely("peek", provider)
-
-    def note_attempt(self, provider, key_id, marks, error, new_attempt=True):
-        return self.safely("note_attempt", provider, key_id, marks, error, new_attempt)
-
-    def key_stats(self, provider):
-        return self.safely("key_stats", provider)
-
-    def claim(self, name):
-        return self.safely("claim", name)
-
-    def load_chat(self, chat_id):
-        return self.safely("load_chat", chat_id)
-
-    def append_chat(self, chat_id, owner, turns, max_turns, ttl):
-        return self.safely("append_chat", chat_id, owner, turns, max_turns, ttl)
-
-    def delete_chat(self, chat_id):
-        return self.safely("delete_chat", chat_id)
-
-    def save_upload(self, file_id, record, ttl):
-        return self.safely("save_upload", file_id, record, ttl)
-
-    def load_upload(self, file_id):
-        return self.safely("load_upload", file_id)
-
-    def redis_take_turn(self, provider):
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(f"chatbridge:counter:{provider}")
         pipe.hgetall(f"chatbridge:marks:{provider}")
         counter, marks = pipe.execute()
         return (counter - 1) % (2 ** 31), self.live(marks)
 
-    def redis_peek(self, provider):
+    @redis_or_memory
+    def peek(self, provider):
         return self.live(self.redis.hgetall(f"chatbridge:marks:{provider}"))
 
-    def redis_note_attempt(self, provider, key_id, marks, error, new_attempt=True):
+    @redis_or_memory
+    def note_attempt(self, provider, key_id, marks, error, new_attempt=True):
         pairs = [item for name, until in marks.items() for item in (name, repr(until))]
-        self.note_script(keys=[f"chatbridge:marks:{provider}", f"chatbridge:stats:{provider}"],
-                         args=["1" if error is not None else "0", error or "", repr(time.time()),
-                               key_id, "1" if new_attempt else "0", *pairs])
+        self.scripts["note"](
+            keys=[f"chatbridge:marks:{provider}", f"chatbridge:stats:{provider}"],
+            args=["1" if error is not None else "0", error or "", repr(time.time()), key_id,
+                  "1" if new_attempt else "0", *pairs])
 
-    def redis_key_stats(self, provider):
+    @redis_or_memory
+    def key_stats(self, provider):
         stats = {}
         for field_name, value in self.redis.hgetall(f"chatbridge:stats:{provider}").items():
             key_id, _, name = field_name.partition(":")
-            number = name in ("requests", "failures", "last_used")
-            stats.setdefault(key_id, {"requests": 0, "failures": 0, "last_error": None,
-                                      "last_used": None})[name] = float(value) if number else value
+            entry = stats.setdefault(key_id, {"requests": 0, "failures": 0, "last_error": None,
+                                              "last_used": None})
+            entry[name] = value if name == "last_error" else float(value)
         for entry in stats.values():
             entry["requests"], entry["failures"] = int(entry["requests"]), int(entry["failures"])
         return stats
 
-    def redis_claim(self, name):
+    @redis_or_memory
+    def claim(self, name):
         return bool(self.redis.set(f"chatbridge:claim:{name}", "1", nx=True, ex=86400))
 
-    def redis_load_chat(self, chat_id):
+    @redis_or_memory
+    def open_chat(self, chat_id, owner, ttl):
+        name = f"chatbridge:chat:{chat_id}"
+        turns = self.scripts["open"](keys=[f"{name}:owner", name], args=[owner, seconds(ttl)])
+        return None if turns is None else [json.loads(turn) for turn in turns]
+
+    @redis_or_memory
+    def load_chat(self, chat_id):
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(f"chatbridge:chat:{chat_id}:owner")
         pipe.lrange(f"chatbridge:chat:{chat_id}", 0, -1)
@@ -846,24 +882,24 @@ class RedisStateStore(StateStore):
             return None
         return {"owner": owner, "turns": [json.loads(turn) for turn in turns]}
 
-    def redis_append_chat(self, chat_id, owner, turns, max_turns, ttl):
-        name, seconds = f"chatbridge:chat:{chat_id}", max(1, int(ttl))
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{name}:owner", owner, nx=True, ex=seconds)
-        pipe.rpush(name, *[json.dumps(turn, ensure_ascii=False) for turn in turns])
-        pipe.ltrim(name, -max_turns, -1)
-        pipe.expire(name, seconds)
-        pipe.expire(f"{name}:owner", seconds)
-        pipe.execute()
+    @redis_or_memory
+    def append_chat(self, chat_id, owner, turns, max_turns, ttl):
+        name = f"chatbridge:chat:{chat_id}"
+        encoded = [json.dumps(turn, ensure_ascii=False) for turn in turns]
+        return bool(self.scripts["append"](keys=[f"{name}:owner", name],
+                                           args=[owner, seconds(ttl), max_turns, *encoded]))
 
-    def redis_delete_chat(self, chat_id):
+    @redis_or_memory
+    def delete_chat(self, chat_id):
         name = f"chatbridge:chat:{chat_id}"
         return self.redis.delete(name, f"{name}:owner") > 0
 
-    def redis_save_upload(self, file_id, record, ttl):
-        self.redis.set(f"chatbridge:upload:{file_id}", json.dumps(record), ex=max(1, int(ttl)))
+    @redis_or_memory
+    def save_upload(self, file_id, record, ttl):
+        self.redis.set(f"chatbridge:upload:{file_id}", json.dumps(record), ex=seconds(ttl))
 
-    def redis_load_upload(self, file_id):
+    @redis_or_memory
+    def load_upload(self, file_id):
         record = self.redis.get(f"chatbridge:upload:{file_id}")
         return json.loads(record) if record else None
 
@@ -871,6 +907,11 @@ class RedisStateStore(StateStore):
     def live(marks: dict) -> dict:
         now = time.time()
         return {name: float(until) for name, until in marks.items() if float(until) > now}
+
+
+def seconds(ttl: float) -> int:
+    """A TTL as Redis takes it: whole seconds, at least one."""
+    return max(1, math.ceil(ttl))
 
 
 # ---------------------------------------------------------------- requests
@@ -1037,7 +1078,12 @@ def parse_file_id(body: dict, uploads: Callable) -> tuple:
     record = uploads(file_id)
     if record is None:
         raise ChatError(404, f"unknown or expired file_id {file_id!r}: upload the file again")
-    return (Attachment(record["mime_type"], record["data"], record.get("filename", "")),), (file_id,)
+    return (attachment_of(record),), (file_id,)
+
+
+def attachment_of(record: dict) -> Attachment:
+    """A cached upload's record as an Attachment."""
+    return Attachment(record["mime_type"], record["data"], record.get("filename", ""))
 
 
 def parse_chat_request(body: dict, config: Config, uploads: Callable) -> ChatRequest:
@@ -1344,13 +1390,26 @@ def sse(obj: Any) -> bytes:
 PING = b": ping\n\n"
 
 
-class ShapeAWriter:
-    """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
+class StreamWriter:
+    """Renders neutral deltas in one client protocol."""
 
     headers: dict = {}
 
     def start(self) -> bytes:
         return b""
+
+    def event(self, delta: Delta) -> bytes:
+        raise NotImplementedError
+
+    def done(self) -> bytes:
+        return b""
+
+    def error(self, message: str) -> bytes:
+        return sse({"error": message})
+
+
+class ShapeAWriter(StreamWriter):
+    """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
 
     def event(self, delta: Delta) -> bytes:
         if delta.kind in CONTENT_KINDS:
@@ -1360,11 +1419,8 @@ class ShapeAWriter:
     def done(self) -> bytes:
         return sse({"done": True})
 
-    def error(self, message: str) -> bytes:
-        return sse({"error": message})
 
-
-class ShapeBWriter(ShapeAWriter):
+class ShapeBWriter(StreamWriter):
     """The Chinese source's stream: chat.completion.chunk objects, no [DONE]."""
 
     def __init__(self, model: str):
@@ -1390,11 +1446,8 @@ class ShapeBWriter(ShapeAWriter):
         extra = {"usage": self.usage} if self.usage else {}
         return self.chunk({}, delta.value, **extra)
 
-    def done(self) -> bytes:
-        return b""
 
-
-class UIMessageWriter(ShapeAWriter):
+class UIMessageWriter(StreamWriter):
     """The AI SDK 5 UI message stream that useChat reads; only fields every 5.x client accepts."""
 
     headers = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -1562,7 +1615,8 @@ class Service:
         self.config = config
         self.store = RedisStateStore(config.redis_url) if config.redis_url else \
             FileStateStore(config.temp_data_dir)
-        self.pools = {p: KeyPool(p, config.keys(p), self.store) for p in PROVIDERS}
+        self.pools = {p: KeyPool(p, config.keys(p), self.store, self.public_text)
+                      for p in PROVIDERS}
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
         self.session.mount("http://", adapter)
@@ -1581,7 +1635,7 @@ class Service:
         """An upstream message as clients and logs may see it: redacted, then shortened."""
         return self.redact(text)[:MESSAGE_LIMIT]
 
-    def relay(self, source: Iterator, writer: ShapeAWriter, record: RequestLog, cancel: Cancel,
+    def relay(self, source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Cancel,
               on_success: Callable | None = None) -> Iterator:
         """Write an answer's deltas to the client; any failure becomes one terminal error event.
 
@@ -1621,44 +1675,64 @@ class Service:
         log.exception("unexpected error while streaming")
         return "internal error while streaming the answer"
 
-    def cached_upload(self, file_id: str) -> dict | None:
-        return self.store.load_upload(file_id)
+    def cached_upload(self, file_id: str, owner: str) -> dict | None:
+        """An upload's record, if it is still cached and was uploaded with the same token."""
+        record = self.store.load_upload(file_id)
+        return record if record and record.get("owner", "") == owner else None
 
-    def conversation(self, chat_id: str, owner: str) -> list:
+    def cache_upload(self, file: Attachment, owner: str, ttl: float) -> str:
+        file_id = "file-" + secrets.token_urlsafe(24)
+        self.store.save_upload(file_id, {"mime_type": file.mime_type, "data": file.data,
+                                         "filename": file.filename, "owner": owner}, ttl)
+        return file_id
+
+    def chat_history(self, chat_id: str, owner: str) -> list:
         """A stored conversation's turns; another token's chat is a 404, as if it did not exist."""
         stored = self.store.load_chat(chat_id)
-        if stored is None:
-            return []
-        if not hmac.compare_digest(stored.get("owner", ""), owner):
-            raise ChatError(404, f"no chat {chat_id!r}")
-        return stored.get("turns", [])
+        if stored is None or stored.get("owner", "") != owner or not stored.get("turns"):
+            raise no_chat(chat_id)
+        return stored["turns"]
 
     def continue_conversation(self, chat: ChatRequest, owner: str) -> None:
-        """Put a chat_id's stored turns before the request's own; their files if still cached."""
+        """Claim the chat_id for this token (or 404) and put its stored turns first."""
         if not chat.chat_id:
             return
-        turns = []
-        for stored in self.conversation(chat.chat_id, owner):
-            cached = [(i, self.cached_upload(i)) for i in stored.get("file_ids", [])]
-            files = tuple(Attachment(r["mime_type"], r["data"], r.get("filename", ""))
-                          for _, r in cached if r)
-            turns.append(Turn(stored["role"], stored["content"], files,
-                              tuple(i for i, r in cached if r)))
+        stored = self.store.open_chat(chat.chat_id, owner, self.chat_ttl)
+        if stored is None:
+            raise no_chat(chat.chat_id)
+        turns = [turn for turn in map(partial(self.stored_turn, owner=owner), stored)
+                 if turn.text.strip() or turn.files]
         while turns and turns[0].role != "user":
             turns.pop(0)  # trimming may have cut a pair; upstreams want the user first
         chat.turns = turns + chat.turns
         refuse_unsendable_files(chat.provider, chat.turns)
 
+    def stored_turn(self, stored: dict, owner: str) -> Turn:
+        """A stored turn with the files that are still cached."""
+        cached = [(i, self.cached_upload(i, owner)) for i in stored.get("file_ids", [])]
+        return Turn(stored["role"], stored.get("content", ""),
+                    tuple(attachment_of(record) for _, record in cached if record),
+                    tuple(i for i, record in cached if record))
+
     def remember(self, chat: ChatRequest, owner: str, answer: str) -> None:
-        """Append the user's turn and the whole answer to the conversation, in one step."""
+        """Append the user's turn (its files cached) and the whole answer, in one step."""
         if not chat.chat_id:
             return
         question = chat.turns[-1]
-        user = {"role": "user", "content": question.text}
-        if question.file_ids:
-            user["file_ids"] = list(question.file_ids)
-        self.store.append_chat(chat.chat_id, owner, [user, {"role": "assistant", "content": answer}],
-                               self.config.chat_max_turns, self.config.chat_ttl_hours * 3600)
+        file_ids = list(question.file_ids) + [
+            self.cache_upload(file, owner, self.chat_ttl)
+            for file in question.files[len(question.file_ids):]]
+        user = {"role": "user", "content": question.text, **({"file_ids": file_ids} if file_ids
+                                                              else {})}
+        turns = [user, {"role": "assistant", "content": answer}]
+        if not self.store.append_chat(chat.chat_id, owner, turns, self.config.chat_max_turns,
+                                      self.chat_ttl):
+            log.warning("chat %s changed hands during the answer; its turns were not stored",
+                        chat.chat_id)
+
+    @property
+    def chat_ttl(self) -> float:
+        return self.config.chat_ttl_hours * 3600
 
     def reserve(self, chat: ChatRequest) -> KeyPlan | None:
         """The keys this request may try; waits briefly for a cooling key, else 429."""
@@ -1674,11 +1748,11 @@ class Service:
             return plan
         raise self.unavailable(chat, plan)
 
-    def unavailable(self, chat: ChatRequest, plan: KeyPlan) -> ChatError:
+    def unavailable(self, chat: ChatRequest, plan: KeyPlan, detail: str = "") -> ChatError:
         """The error when no key may be tried: every one invalid (503) or resting (429)."""
         if plan.all_invalid:
             return ChatError(503, f"every key in {KEY_VARIABLES[chat.provider]} was rejected as "
-                                  "invalid by the upstream in the last hour")
+                                  "invalid by the upstream in the last hour" + detail)
         retry_at = plan.retry_at or time.time() + 1
         return ChatError(429, f"every {PROVIDER_NAMES[chat.provider]} key is rate-limited for "
                               f"{chat.model}; try again later", retry_at - time.time())
@@ -1757,8 +1831,10 @@ class Service:
         """The error for a request whose attempts all failed."""
         name = PROVIDER_NAMES[chat.provider]
         kinds = {f.kind for f in failures}
-        if "rate_limit" in kinds and kinds <= {"rate_limit", "invalid_key"}:
-            return self.unavailable(chat, self.pools[chat.provider].plan(chat.model, plan.turn))
+        if kinds and kinds <= {"rate_limit", "invalid_key"}:
+            detail = f" (last: {failures[-1].message})" if kinds == {"invalid_key"} else ""
+            return self.unavailable(chat, self.pools[chat.provider].plan(chat.model, plan.turn),
+                                    detail)
         if failures and all(f.kind == "unreachable" for f in failures):
             return ChatError(503, f"could not reach {name}")
         last = failures[-1] if failures else UpstreamFailure("server", "no key could be tried")
@@ -1888,7 +1964,7 @@ def http_error(error: HTTPException):
     if error.code is None or error.code < 400:
         return error
     messages = {
-        404: f"no such endpoint: {request.method} {request.path}",
+        404: no_endpoint().message,
         405: f"{request.method} is not allowed on {request.path}",
         413: f"the request body is larger than the {service().config.max_upload_mb:g} MB "
              "file limit allows",
@@ -1992,7 +2068,8 @@ def healthz():
 def chat():
     """Answer any of the three shapes; the status is settled before the first byte."""
     svc = service()
-    chat_request = parse_chat_request(read_json_body(), svc.config, svc.cached_upload)
+    chat_request = parse_chat_request(read_json_body(), svc.config,
+                                      partial(svc.cached_upload, owner=g.owner))
     svc.continue_conversation(chat_request, g.owner)
     remember = partial(svc.remember, chat_request, g.owner)
     record = g.chat_log
@@ -2004,12 +2081,13 @@ def chat():
         completion = svc.complete(chat_request, plan, cancel, record)
         remember(completion["choices"][0]["message"].get("content") or "")
         return jsonify(completion)
-    if chat_request.shape == "B":
-        source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
-        writer = ShapeBWriter(chat_request.model)
-    else:
+    if chat_request.shape == "A":
         source = lazy_answer(svc, chat_request, plan, cancel, record)
-        writer = UIMessageWriter() if chat_request.shape == "ui" else ShapeAWriter()
+        writer = ShapeAWriter()
+    else:  # B and useChat's clients get a real status when no upstream answers
+        source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
+        writer = ShapeBWriter(chat_request.model) if chat_request.shape == "B" else \
+            UIMessageWriter()
     response = sse_response(svc.relay(source, writer, record, cancel, remember), writer.headers)
     response.call_on_close(cancel.cancel)
     return response
@@ -2017,7 +2095,7 @@ def chat():
 
 def lazy_answer(svc: Service, chat_request: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                 record: RequestLog) -> Iterator:
-    """Open the upstream inside the stream, so it can ping while failing over (shapes A, ui)."""
+    """Shape A opens the upstream inside the stream, so it can ping while failing over."""
     yield from svc.stream_answer(chat_request, plan, cancel, record).deltas()
 
 
@@ -2036,27 +2114,24 @@ def upload():
     mime = file.mimetype
     if not mime or mime == "application/octet-stream":
         mime = guess_mime(file.filename)
-    file_data = {"mime_type": mime, "data": base64.b64encode(content).decode("ascii"),
-                 "filename": file.filename}
-    file_id = "file-" + secrets.token_urlsafe(24)
-    service().store.save_upload(file_id, file_data, service().config.upload_ttl_minutes * 60)
-    return jsonify(success=True, file_data=file_data, file_id=file_id)
+    file = Attachment(mime, base64.b64encode(content).decode("ascii"), file.filename)
+    file_id = service().cache_upload(file, g.owner, service().config.upload_ttl_minutes * 60)
+    return jsonify(success=True, file_id=file_id, file_data={
+        "mime_type": file.mime_type, "data": file.data, "filename": file.filename})
 
 
 @bp.get("/api/chats/<chat_id>")
 def chat_history(chat_id: str):
     """A stored conversation, in the shape the chat requests' `history` takes."""
-    turns = service().conversation(checked_chat_id(chat_id), g.owner)
-    if not turns:
-        raise ChatError(404, f"no chat {chat_id!r}")
-    return jsonify(chat_id=chat_id, history=turns)
+    return jsonify(chat_id=chat_id, history=service().chat_history(checked_chat_id(chat_id),
+                                                                   g.owner))
 
 
 @bp.delete("/api/chats/<chat_id>")
 def delete_chat(chat_id: str):
-    service().conversation(checked_chat_id(chat_id), g.owner)
+    service().chat_history(checked_chat_id(chat_id), g.owner)
     if not service().store.delete_chat(chat_id):
-        raise ChatError(404, f"no chat {chat_id!r}")
+        raise no_chat(chat_id)
     return jsonify(deleted=True, chat_id=chat_id)
 
 
@@ -2071,7 +2146,7 @@ def key_status():
     """Each key's state and counters, for the admin (ADMIN_TOKEN); never the keys themselves."""
     svc = service()
     if not svc.config.admin_token:
-        raise ChatError(404, f"no such endpoint: GET {request.path}")
+        raise no_endpoint()
     if not matches(presented_token(), (svc.config.admin_token,)):
         raise ChatError(401, "this needs the admin token: Authorization: Bearer <ADMIN_TOKEN>")
     return jsonify(providers={p: svc.pools[p].status() for p in PROVIDERS})

@@ -98,7 +98,8 @@ def test_a_mid_stream_failure_is_an_error_chunk(server, gemini, package):
 def test_an_error_before_the_stream_is_a_json_error_the_hook_shows(server, gemini, package):
     gemini.script = lambda r: gemini_429("30s")
     result = use_chat(server, [user("hi")], package)
-    assert not result["ok"] and "rate-limited" in result["error"]
+    assert not result["ok"] and result["chunks"] == [], "a non-2xx answer, not a started stream"
+    assert "rate-limited" in json.loads(result["error"])["error"]
     assert sorted(gemini.keys_seen()) == sorted(GEMINI_KEYS)
     again = use_chat(server, [user("hi")], package)
     assert json.loads(again["error"]) == {"error": "every Gemini key is rate-limited for "
