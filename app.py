@@ -36,7 +36,7 @@ from functools import partial, wraps
 from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import gevent
@@ -63,7 +63,9 @@ INVALID_KEY_COOLDOWN = 3600.0
 ERROR_BODY_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 500  # characters of an upstream error message passed on
 READ_SIZE = 64 * 1024
-CONTENT_KINDS = ("text", "reasoning")
+MODEL_LIST_SECONDS = 600
+TEXT_KINDS = ("text", "reasoning")
+CONTENT_KINDS = TEXT_KINDS + ("tool_call",)  # what counts as an answer having started
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
 FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
@@ -277,14 +279,28 @@ class RequestLog:
 # ---------------------------------------------------------------- errors
 
 
-class ChatError(Exception):
-    """A failure the client is told about as JSON {"error": message} with a status."""
+ERROR_KINDS = {400: "invalid_request", 401: "auth", 404: "not_found", 413: "invalid_request",
+               415: "invalid_request", 429: "rate_limit", 500: "upstream_error",
+               503: "unreachable"}
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
+
+class ChatError(Exception):
+    """A failure the client is told about, in the error shape of the API it called.
+
+    kind says what went wrong independently of the status the /api routes use,
+    so the gateway routes can map it to their own (model_not_found is 400 on /api,
+    as the sources have it, and 404 on /v1); upstream_status is the upstream's
+    own status when it answered with an error.
+    """
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None,
+                 kind: str | None = None, upstream_status: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.kind = kind or ERROR_KINDS.get(status, "internal")
+        self.upstream_status = upstream_status
 
     def headers(self) -> dict:
         if self.retry_after is None:
@@ -934,10 +950,13 @@ class Attachment:
 class Turn:
     """One message of the conversation: who said it, its text and its files."""
 
-    role: str
+    role: str  # user, assistant, or tool (a function's result)
     text: str
     files: tuple = ()
     file_ids: tuple = ()  # the uploads the files came from, so a stored conversation keeps them
+    tool_calls: tuple = ()  # an assistant's calls: {"id", "name", "arguments", "signature"}
+    tool_call_id: str = ""  # a tool turn answers this call
+    tool_name: str = ""
 
 
 @dataclass
@@ -953,6 +972,13 @@ class ChatRequest:
     max_tokens: int | None = None
     stream: bool = True
     chat_id: str | None = None
+    top_p: float | None = None
+    stop: list | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: Any = None
+    include_usage: bool = False
+    native: Any = None  # a NativeCall, for Gemini's own API passed through
 
     @property
     def message(self) -> str:
@@ -971,7 +997,7 @@ def resolve_model(name: str | None, config: Config) -> tuple:
         provider = "gemini" if name.startswith(("gemini", "gemma")) else "zju"
     if not config.keys(provider):
         raise ChatError(400, f"model {name!r} is served by {PROVIDER_NAMES[provider]}, "
-                             f"but {KEY_VARIABLES[provider]} is not set")
+                             f"but {KEY_VARIABLES[provider]} is not set", kind="model_not_found")
     return provider, name
 
 
@@ -1121,6 +1147,154 @@ def parse_chat_request(body: dict, config: Config, uploads: Callable) -> ChatReq
     )
 
 
+@dataclass(frozen=True)
+class NativeCall:
+    """A request to Gemini's own REST API, passed through with a pool key."""
+
+    method: str
+    model: str
+    action: str
+    query: dict
+    body: bytes
+
+
+def parse_native_call(target: str, method: str, query: dict, body: bytes,
+                      config: Config) -> ChatRequest:
+    """A Gemini REST call (models/{model}:{action}, a model, or the list) for the key pool;
+    the client's own key (?key=) is never passed on."""
+    model, _, action = target.partition(":")
+    if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
+            method == "POST" and not action):
+        raise no_endpoint()
+    if not config.gemini_keys:
+        raise ChatError(400, "Gemini models are served with ALL_GEMINI_API_KEYS, which is not set",
+                        kind="model_not_found")
+    call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)
+    return ChatRequest(shape="native", provider="gemini", model=model or "*", turns=[],
+                       stream=action == "streamGenerateContent", native=call)
+
+
+def parse_openai_request(body: dict, config: Config) -> ChatRequest:
+    """Validate an OpenAI Chat Completions request (/v1/chat/completions) into a ChatRequest."""
+    if optional(body, "n", int, hint="1") not in (None, 1):
+        raise ChatError(400, "'n' must be 1: one answer per request")
+    system, turns = parse_openai_messages(body.get("messages"), config)
+    model = optional(body, "model", str, lambda v: bool(MODEL_NAME.fullmatch(v.strip())),
+                     "a model name of 1 to 200 printable characters")
+    provider, model = resolve_model(model, config)
+    refuse_unsendable_files(provider, turns)
+    options = optional(body, "stream_options", dict, hint="an object") or {}
+    stop = optional(body, "stop", (str, list), lambda v: isinstance(v, str) or (
+        len(v) <= 4 and all(isinstance(s, str) for s in v)), "a string or up to 4 strings")
+    max_tokens = optional(body, "max_completion_tokens", int, lambda v: v > 0,
+                          "a positive integer")
+    return ChatRequest(
+        shape="v1", provider=provider, model=model, turns=turns, system=system,
+        temperature=optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2,
+                             "a number from 0 to 2"),
+        max_tokens=max_tokens or optional(body, "max_tokens", int, lambda v: v > 0,
+                                          "a positive integer"),
+        stream=bool(optional(body, "stream", bool, hint="true or false")),
+        top_p=optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+        stop=[stop] if isinstance(stop, str) else stop,
+        response_format=optional(body, "response_format", dict, lambda v: v.get("type") in (
+            "text", "json_object", "json_schema"), "{type: text, json_object or json_schema}"),
+        tools=parse_tools(body.get("tools")),
+        tool_choice=parse_tool_choice(body.get("tool_choice")),
+        include_usage=bool(options.get("include_usage")),
+    )
+
+
+def parse_openai_messages(raw: Any, config: Config) -> tuple:
+    """System text and turns from OpenAI messages (system, developer, user, assistant, tool)."""
+    if not isinstance(raw, list) or not raw:
+        raise ChatError(400, "'messages' must be a non-empty list", kind="invalid_request")
+    system, turns, call_names = [], [], {}
+    for index, message in enumerate(raw):
+        where = f"messages[{index}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer"):
+            system.append(content_of(message.get("content"), where, config)[0])
+        elif role == "user":
+            turns.append(Turn("user", *content_of(message.get("content"), where, config)))
+        elif role == "assistant":
+            calls = parse_tool_calls(message.get("tool_calls"), where)
+            call_names.update((call["id"], call["name"]) for call in calls)
+            text = content_of(message.get("content"), where, config)[0]
+            turns.append(Turn("assistant", text, tool_calls=calls))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise ChatError(400, f"'{where}.tool_call_id' must be a string")
+            text = content_of(message.get("content"), where, config)[0]
+            turns.append(Turn("tool", text, tool_call_id=call_id,
+                              tool_name=call_names.get(call_id, message.get("name") or "")))
+        else:
+            raise ChatError(400, f"'{where}.role' must be system, developer, user, assistant "
+                                 "or tool")
+    if not any(turn.role == "user" for turn in turns):
+        raise ChatError(400, "'messages' needs at least one user message")
+    return "\n\n".join(s for s in system if s.strip()) or None, turns
+
+
+def content_of(content: Any, where: str, config: Config) -> tuple:
+    """(text, files) of message content: a string, null, or text and image_url parts."""
+    if content is None or isinstance(content, str):
+        return content or "", ()
+    if not isinstance(content, list):
+        raise ChatError(400, f"'{where}.content' must be a string or a list of parts")
+    texts, files = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict):
+            files.append(ui_file({"url": part["image_url"].get("url")}, where, config))
+        else:
+            raise ChatError(400, f"'{where}.content' may hold only text and image_url parts")
+    return "\n".join(texts), tuple(files)
+
+
+def parse_tool_calls(raw: Any, where: str) -> tuple:
+    """An assistant message's tool_calls as {"id", "name", "arguments", "signature"}."""
+    if raw is None:
+        return ()
+    calls = []
+    for call in raw if isinstance(raw, list) else [None]:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str) \
+                or not isinstance(function.get("name"), str):
+            raise ChatError(400, f"'{where}.tool_calls' must be a list of "
+                                 "{id, type: function, function: {name, arguments}}")
+        google = (call.get("extra_content") or {}).get("google") or {}
+        calls.append({"id": call["id"], "name": function["name"],
+                      "arguments": function.get("arguments") or "{}",
+                      "signature": google.get("thought_signature")})
+    return tuple(calls)
+
+
+def parse_tools(raw: Any) -> list | None:
+    """Function tools, checked: [{type: function, function: {name, description?, parameters?}}]."""
+    if raw is None:
+        return None
+    valid = isinstance(raw, list) and all(
+        isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str) for t in raw)
+    if not valid:
+        raise ChatError(400, "'tools' must be a list of {type: function, function: {name, "
+                             "description, parameters}}")
+    return raw
+
+
+def parse_tool_choice(raw: Any) -> Any:
+    if raw is None or raw in ("none", "auto", "required"):
+        return raw
+    if isinstance(raw, dict) and isinstance((raw.get("function") or {}).get("name"), str):
+        return raw
+    raise ChatError(400, "'tool_choice' must be none, auto, required or "
+                         "{type: function, function: {name}}")
+
+
 def refuse_unsendable_files(provider: str, turns: list) -> None:
     """A 400 for files the OpenAI-compatible upstream cannot take, before contacting it."""
     for file in (f for turn in turns for f in turn.files):
@@ -1149,20 +1323,79 @@ def thinking_model(model: str) -> bool:
     return model.startswith("gemini-") and not model.startswith(("gemini-1", "gemini-2.0"))
 
 
-def gemini_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
-    """URL, headers and JSON body of a Gemini generateContent call."""
-    contents = [{"role": "model" if turn.role == "assistant" else "user",
-                 "parts": ([{"text": turn.text}] if turn.text else [])
-                 + [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]}
-                for turn in chat.turns]
-    generation = dict(GEMINI_DEFAULTS)
-    if chat.temperature is not None:
-        generation["temperature"] = chat.temperature
-    if chat.max_tokens is not None:
-        generation["maxOutputTokens"] = chat.max_tokens
+def gemini_parts(turn: Turn) -> list:
+    """A turn's Gemini parts: text, inline files, function calls or a function's result."""
+    if turn.role == "tool":
+        result = parse_json(turn.text)
+        response = result if isinstance(result, dict) else {"result": turn.text if result is None
+                                                             else result}
+        return [{"functionResponse": {"name": turn.tool_name, "response": response}}]
+    parts = [{"text": turn.text}] if turn.text else []
+    parts += [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
+    for call in turn.tool_calls:
+        args = parse_json(call["arguments"])
+        part = {"functionCall": {"name": call["name"], "args": args if isinstance(args, dict)
+                                 else {}}}
+        if call.get("signature"):
+            part["thoughtSignature"] = call["signature"]
+        parts.append(part)
+    return parts
+
+
+def gemini_contents(turns: list) -> list:
+    """Gemini contents: roles user and model; consecutive function results share one turn."""
+    contents = []
+    for turn in turns:
+        role = "model" if turn.role == "assistant" else "user"
+        if turn.role == "tool" and contents and contents[-1].get("results"):
+            contents[-1]["parts"] += gemini_parts(turn)
+            continue
+        contents.append({"role": role, "parts": gemini_parts(turn),
+                         **({"results": True} if turn.role == "tool" else {})})
+    return [{"role": c["role"], "parts": c["parts"]} for c in contents]
+
+
+def gemini_generation(chat: ChatRequest) -> dict:
+    """generationConfig: the source's defaults for /api, the upstream's own for /v1."""
+    generation = dict(GEMINI_DEFAULTS) if chat.shape != "v1" else {}
+    settings = {"temperature": chat.temperature, "maxOutputTokens": chat.max_tokens,
+                "topP": chat.top_p, "stopSequences": chat.stop}
+    generation.update({name: value for name, value in settings.items() if value is not None})
+    response_format = (chat.response_format or {}).get("type")
+    if response_format in ("json_object", "json_schema"):
+        generation["responseMimeType"] = "application/json"
+        schema = (chat.response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            generation["responseJsonSchema"] = schema
     if thinking_model(chat.model):
         generation["thinkingConfig"] = {"includeThoughts": True}
-    body = {"contents": contents, "generationConfig": generation}
+    return generation
+
+
+def gemini_tools(chat: ChatRequest) -> dict:
+    """OpenAI function tools and tool_choice as Gemini tools and toolConfig."""
+    if not chat.tools:
+        return {}
+    declarations = [{"name": t["function"]["name"],
+                     **({"description": t["function"]["description"]}
+                        if t["function"].get("description") else {}),
+                     **({"parametersJsonSchema": t["function"]["parameters"]}
+                        if t["function"].get("parameters") else {})} for t in chat.tools]
+    tools = {"tools": [{"functionDeclarations": declarations}]}
+    choice = chat.tool_choice
+    if isinstance(choice, dict):
+        tools["toolConfig"] = {"functionCallingConfig": {
+            "mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}}
+    elif choice in ("none", "auto", "required"):
+        mode = {"none": "NONE", "auto": "AUTO", "required": "ANY"}[choice]
+        tools["toolConfig"] = {"functionCallingConfig": {"mode": mode}}
+    return tools
+
+
+def gemini_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool) -> tuple:
+    """URL, headers and JSON body of a Gemini generateContent call."""
+    body = {"contents": gemini_contents(chat.turns), "generationConfig": gemini_generation(chat),
+            **gemini_tools(chat)}
     if chat.system:
         body["systemInstruction"] = {"parts": [{"text": chat.system}]}
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
@@ -1195,11 +1428,17 @@ def gemini_deltas(event: dict) -> list:
     deltas = [Delta("usage", gemini_usage(event["usageMetadata"]))] if event.get(
         "usageMetadata") else []
     candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
-    texts = {"reasoning": [], "text": []}
+    texts, calls = {"reasoning": [], "text": []}, []
     for part in (candidate.get("content") or {}).get("parts") or []:
         if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"]:
             texts["reasoning" if part.get("thought") else "text"].append(part["text"])
-    deltas += [Delta(kind, "".join(pieces)) for kind, pieces in texts.items() if pieces]
+        elif isinstance(part, dict) and (part.get("functionCall") or {}).get("name"):
+            call = part["functionCall"]
+            calls.append(Delta("tool_call", {
+                "index": None, "id": None, "name": call.get("name", ""),
+                "arguments": json.dumps(call.get("args") or {}, ensure_ascii=False),
+                "signature": part.get("thoughtSignature")}))
+    deltas += [Delta(kind, "".join(pieces)) for kind, pieces in texts.items() if pieces] + calls
     if candidate.get("finishReason"):
         deltas.append(Delta("finish", gemini_finish(candidate["finishReason"])))
     return deltas
@@ -1207,6 +1446,13 @@ def gemini_deltas(event: dict) -> list:
 
 def openai_message(turn: Turn) -> dict:
     """A turn as an OpenAI message: text files inlined, images as image_url parts."""
+    if turn.role == "tool":
+        return {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.text}
+    if turn.tool_calls:
+        return {"role": "assistant", "content": turn.text or None, "tool_calls": [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in turn.tool_calls]}
     text = turn.text
     for file in turn.files:
         if not file.mime_type.startswith("image/"):
@@ -1229,10 +1475,12 @@ def openai_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool)
     messages = [{"role": "system", "content": chat.system}] if chat.system else []
     messages += [openai_message(turn) for turn in chat.turns]
     body = {"model": chat.model, "messages": messages, "stream": stream}
-    if chat.temperature is not None:
-        body["temperature"] = chat.temperature
-    if chat.max_tokens is not None:
-        body["max_tokens"] = chat.max_tokens
+    settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens,
+                "top_p": chat.top_p, "stop": chat.stop, "response_format": chat.response_format,
+                "tools": chat.tools, "tool_choice": chat.tool_choice,
+                "stream_options": {"include_usage": True} if stream and chat.include_usage
+                else None}
+    body.update({name: value for name, value in settings.items() if value is not None})
     return (f"{config.zju_base_url}/chat/completions",
             {"Authorization": f"Bearer {key.secret}"}, body)
 
@@ -1250,6 +1498,11 @@ def openai_deltas(event: dict) -> list:
         deltas.append(Delta("reasoning", reasoning))
     if isinstance(delta.get("content"), str) and delta["content"]:
         deltas.append(Delta("text", delta["content"]))
+    for call in delta.get("tool_calls") or []:
+        function = call.get("function") or {}
+        deltas.append(Delta("tool_call", {
+            "index": call.get("index", 0), "id": call.get("id"), "name": function.get("name"),
+            "arguments": function.get("arguments") or "", "signature": None}))
     if choice.get("finish_reason"):
         deltas.append(Delta("finish", choice["finish_reason"]))
     return deltas
@@ -1394,6 +1647,7 @@ class StreamWriter:
     """Renders neutral deltas in one client protocol."""
 
     headers: dict = {}
+    content_type = "text/event-stream; charset=utf-8"
 
     def start(self) -> bytes:
         return b""
@@ -1412,7 +1666,7 @@ class ShapeAWriter(StreamWriter):
     """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
 
     def event(self, delta: Delta) -> bytes:
-        if delta.kind in CONTENT_KINDS:
+        if delta.kind in TEXT_KINDS:
             return sse({delta.kind: delta.value})
         return b""
 
@@ -1420,17 +1674,22 @@ class ShapeAWriter(StreamWriter):
         return sse({"done": True})
 
 
-class ShapeBWriter(StreamWriter):
-    """The Chinese source's stream: chat.completion.chunk objects, no [DONE]."""
+class ChunkWriter(StreamWriter):
+    """chat.completion.chunk objects, in two dialects: the Chinese source's (no [DONE], usage on
+    the last chunk, errors as a string) and OpenAI's own for /v1 (gateway=True: [DONE], a
+    usage chunk when asked for, error objects)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, gateway: bool = False, include_usage: bool = False):
         self.base = {"id": completion_id(), "object": "chat.completion.chunk",
                      "created": int(time.time()), "model": model}
+        self.gateway, self.include_usage = gateway, include_usage
         self.usage = None
+        self.calls = set()  # indexes of the tool calls begun
 
     def chunk(self, delta: dict, finish: str | None = None, **extra) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return sse({**self.base, "choices": [choice], **extra})
+        usage = {"usage": None} if self.include_usage else {}
+        return sse({**self.base, "choices": [choice], **usage, **extra})
 
     def start(self) -> bytes:
         return self.chunk({"role": "assistant", "content": ""})
@@ -1440,11 +1699,63 @@ class ShapeBWriter(StreamWriter):
             return self.chunk({"content": delta.value})
         if delta.kind == "reasoning":
             return self.chunk({"reasoning_content": delta.value})
+        if delta.kind == "tool_call":
+            return self.chunk({"tool_calls": [self.tool_call(delta.value)]})
         if delta.kind == "usage":
             self.usage = delta.value
             return b""
-        extra = {"usage": self.usage} if self.usage else {}
-        return self.chunk({}, delta.value, **extra)
+        finish = "tool_calls" if self.calls and delta.value == "stop" else delta.value
+        extra = {"usage": self.usage} if self.usage and not self.gateway else {}
+        return self.chunk({}, finish, **extra)
+
+    def tool_call(self, call: dict) -> dict:
+        """A tool_calls delta entry: id, type and name with its first piece only."""
+        index = call["index"] if call["index"] is not None else len(self.calls)
+        if index in self.calls:
+            return {"index": index, "function": {"arguments": call["arguments"]}}
+        self.calls.add(index)
+        return {"index": index, **tool_call_entry(call)}
+
+    def done(self) -> bytes:
+        if not self.gateway:
+            return b""
+        usage = b""
+        if self.include_usage:
+            usage = sse({**self.base, "choices": [], "usage": self.usage or {
+                "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+        return usage + b"data: [DONE]\n\n"
+
+    def error(self, message: str) -> bytes:
+        if not self.gateway:
+            return sse({"error": message})
+        return sse({"error": {"message": message, "type": "api_error", "param": None,
+                              "code": None}}) + b"data: [DONE]\n\n"
+
+
+class GeminiWriter(StreamWriter):
+    """Gemini's own stream passed through: its SSE events, or its JSON-array form, unchanged."""
+
+    def __init__(self, sse_events: bool):
+        if not sse_events:
+            self.content_type = "application/json; charset=UTF-8"
+
+    def event(self, delta: Delta) -> bytes:
+        if delta.kind == "event":
+            return b"data: " + delta.value.encode() + b"\r\n\r\n"
+        return delta.value if delta.kind == "bytes" else b""
+
+    def error(self, message: str) -> bytes:
+        return sse({"error": {"code": 500, "message": message, "status": "INTERNAL"}})
+
+
+def tool_call_entry(call: dict) -> dict:
+    """A tool call in OpenAI's shape; Gemini's thought signature rides along as Google's
+    OpenAI-compatible endpoint carries it, so it comes back with the call."""
+    entry = {"id": call["id"] or "call_" + uuid.uuid4().hex[:24], "type": "function",
+             "function": {"name": call["name"] or "", "arguments": call["arguments"]}}
+    if call.get("signature"):
+        entry["extra_content"] = {"google": {"thought_signature": call["signature"]}}
+    return entry
 
 
 class UIMessageWriter(StreamWriter):
@@ -1460,7 +1771,7 @@ class UIMessageWriter(StreamWriter):
         return sse({"type": "start", "messageId": "msg-" + uuid.uuid4().hex})
 
     def event(self, delta: Delta) -> bytes:
-        if delta.kind not in CONTENT_KINDS:
+        if delta.kind not in TEXT_KINDS:
             return b""
         opened = b""
         if self.part is None or self.part[0] != delta.kind:
@@ -1491,18 +1802,27 @@ def completion_id() -> str:
 
 def completion_from_deltas(deltas: Iterable, model: str) -> dict:
     """An OpenAI chat.completion object assembled from deltas (Gemini and echo answers)."""
-    texts = {"text": [], "reasoning": []}
+    texts, calls = {"text": [], "reasoning": []}, {}
     finish, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for delta in deltas:
         if delta.kind in texts:
             texts[delta.kind].append(delta.value)
+        elif delta.kind == "tool_call":
+            index = delta.value["index"] if delta.value["index"] is not None else len(calls)
+            if index in calls:
+                calls[index]["function"]["arguments"] += delta.value["arguments"]
+            else:
+                calls[index] = tool_call_entry(delta.value)
         elif delta.kind == "finish":
             finish = delta.value
         elif delta.kind == "usage":
             usage = delta.value
-    message = {"role": "assistant", "content": "".join(texts["text"])}
+    message = {"role": "assistant", "content": "".join(texts["text"]) or (None if calls else "")}
     if texts["reasoning"]:
         message["reasoning_content"] = "".join(texts["reasoning"])
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        finish = "tool_calls" if finish == "stop" else finish
     return {"id": completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage}
@@ -1617,6 +1937,7 @@ class Service:
             FileStateStore(config.temp_data_dir)
         self.pools = {p: KeyPool(p, config.keys(p), self.store, self.public_text)
                       for p in PROVIDERS}
+        self.models_cache = {}
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
         self.session.mount("http://", adapter)
@@ -1648,7 +1969,7 @@ class Service:
                 if item is PING:
                     yield PING
                     continue
-                if item.kind in CONTENT_KINDS:
+                if item.kind in CONTENT_KINDS + ("event", "bytes"):
                     record.mark_first_token()
                 if item.kind == "text" and on_success:
                     texts.append(item.value)
@@ -1759,16 +2080,103 @@ class Service:
 
     def post(self, chat: ChatRequest, key: ApiKey, stream: bool) -> requests.Response:
         """Send the request to the provider with this key (in a header, never the URL)."""
-        build = ADAPTERS[chat.provider][0]
-        url, headers, body = build(chat, key, self.config, stream)
+        url, headers, body = ADAPTERS[chat.provider][0](chat, key, self.config, stream)
+        return self.send("POST", url, headers, stream, json=body)
+
+    def send(self, method: str, url: str, headers: dict, stream: bool,
+             **body) -> requests.Response:
+        """One upstream HTTP request, network errors made failures."""
         if stream:
             headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
         try:
-            return self.session.post(url, json=body, headers=headers, stream=stream,
-                                     timeout=(self.config.connect_timeout,
-                                              self.config.read_timeout))
+            return self.session.request(method, url, headers=headers, stream=stream, **body,
+                                        timeout=(self.config.connect_timeout,
+                                                 self.config.read_timeout))
         except requests.RequestException as exc:
             raise failure_from_exception(exc) from None
+
+    def send_native(self, chat: ChatRequest, key: ApiKey, stream: bool) -> requests.Response:
+        """A Gemini REST call as the client made it, but with a pool key in the header."""
+        call = chat.native
+        target = "models" + (f"/{quote(call.model, safe='')}" if call.model else "") + (
+            f":{call.action}" if call.action else "")
+        query = f"?{urlencode(call.query)}" if call.query else ""
+        headers = {"x-goog-api-key": key.secret, "Content-Type": "application/json"}
+        return self.send(call.method, f"{self.config.gemini_base_url}/{target}{query}", headers,
+                         stream, data=call.body or None)
+
+    def fetch_native(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Response:
+        """Gemini's answer to a non-streaming call, unchanged."""
+        response = self.send_native(chat, key, stream=False)
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, parse_json(response.text),
+                                   response.headers)
+        return Response(response.content, content_type=response.headers.get(
+            "Content-Type", "application/json; charset=UTF-8"))
+
+    def open_native_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
+        """Gemini's stream, unchanged; an SSE stream must first show an event that is no error."""
+        response = self.send_native(chat, key, stream=True)
+        cancel.track(response)
+        try:
+            if response.status_code != 200:
+                raise classify_failure(response.status_code, read_error_body(response),
+                                       response.headers)
+            if chat.native.query.get("alt") != "sse":  # the JSON-array form, relayed as it comes
+                return Answer([], (Delta("bytes", chunk) for chunk in iter_body(response)),
+                              response)
+            events = iter_sse_data(iter_body(response))
+            head = first_native_event(events)
+            rest = (Delta("event", p) if kind == "data" else Delta("bytes", p.encode() + b"\n")
+                    for kind, p in events)
+            return Answer([head], rest, response)
+        except BaseException:
+            close_upstream(response)
+            raise
+
+    def model_list(self) -> list:
+        """/v1/models: echo, the Gemini models the keys can use, the other upstream's models."""
+        models = [(ECHO_MODEL, "chatbridge")]
+        if self.config.gemini_keys:
+            models += [(m, "google") for m in self.upstream_models("gemini")]
+        if self.config.zju_keys:
+            models += [(m if resolve_model(m, self.config)[0] == "zju" else f"zju/{m}", "zju")
+                       for m in self.upstream_models("zju")]
+        return [{"id": name, "object": "model", "created": 0, "owned_by": owner}
+                for name, owner in dict(models).items()]
+
+    def upstream_models(self, provider: str) -> list:
+        """An upstream's model names, cached for 10 minutes; the configured default if it fails."""
+        expires, names = self.models_cache.get(provider, (0.0, []))
+        if expires > time.monotonic():
+            return names
+        chat = ChatRequest(shape="models", provider=provider, model="*", turns=[])
+        try:
+            names = self.with_failover(chat, self.reserve(chat), self.fetch_models, Cancel(),
+                                       RequestLog())
+        except ChatError as exc:
+            log.warning("could not list the %s models (%s); offering the default", provider,
+                        exc.message)
+            names = [self.config.gemini_model if provider == "gemini" else
+                     self.config.default_model]
+        self.models_cache[provider] = (time.monotonic() + MODEL_LIST_SECONDS, names)
+        return names
+
+    def fetch_models(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> list:
+        if chat.provider == "gemini":
+            url, headers = f"{self.config.gemini_base_url}/models?pageSize=1000", {
+                "x-goog-api-key": key.secret}
+        else:
+            url, headers = f"{self.config.zju_base_url}/models", {
+                "Authorization": f"Bearer {key.secret}"}
+        response = self.send("GET", url, headers, stream=False)
+        body = parse_json(response.text)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise classify_failure(response.status_code, body, response.headers)
+        if chat.provider == "gemini":
+            return [m["name"].removeprefix("models/") for m in body.get("models") or []
+                    if "generateContent" in m.get("supportedGenerationMethods", [])]
+        return [m["id"] for m in body.get("data") or [] if isinstance(m.get("id"), str)]
 
     def open_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
         """Open a streaming answer and read up to its first content, or raise a failure."""
@@ -1840,7 +2248,8 @@ class Service:
         last = failures[-1] if failures else UpstreamFailure("server", "no key could be tried")
         if last.status is None:
             return ChatError(500, last.message)
-        return ChatError(500, f"{name} answered with an error ({last.status}): {last.message}")
+        return ChatError(500, f"{name} answered with an error ({last.status}): {last.message}",
+                         upstream_status=last.status)
 
     def stream_answer(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                       record: RequestLog) -> Answer:
@@ -1855,6 +2264,19 @@ class Service:
         if chat.provider == "echo":
             return completion_from_deltas(echo_deltas(chat), chat.model)
         return self.with_failover(chat, plan, self.fetch_completion, cancel, record)
+
+
+def first_native_event(events: Iterator) -> Delta:
+    """The first event of a passed-through Gemini stream, unless it is an error."""
+    for kind, payload in events:
+        event = parse_json(payload)
+        if isinstance(event, list) and event:
+            event = event[0]
+        if isinstance(event, dict) and "error" in event:
+            raise failure_from_event(event["error"])
+        if kind == "data":
+            return Delta("event", payload)
+    raise UpstreamFailure("broken", "the upstream finished without any content")
 
 
 def read_until_content(deltas: Iterator) -> list:
@@ -1951,12 +2373,58 @@ def gunicorn_master() -> str | None:
     return f"{parent}-{started}"
 
 
+OPENAI_ERROR_TYPES = {"invalid_request": "invalid_request_error", "not_found": "invalid_request_error",
+                      "model_not_found": "invalid_request_error", "auth": "authentication_error",
+                      "rate_limit": "rate_limit_error"}
+GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                   404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
+                   415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                   502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def api_flavor() -> str:
+    """Whose error shape this request expects: the sources' (api), OpenAI's or Google's."""
+    path = request.path
+    if path.startswith(("/v1beta/", "/v1/models/")) or (path == "/v1/models" and google_auth()):
+        return "google"
+    return "openai" if path.startswith("/v1/") else "api"
+
+
+def google_auth() -> bool:
+    """Whether the client authenticates the Google way (x-goog-api-key or ?key=)."""
+    return "x-goog-api-key" in request.headers or "key" in request.args
+
+
+def gateway_status(error: ChatError) -> int:
+    """The status the gateways use: upstream errors are 502 (or the upstream's 404), and a
+    model no configured provider can serve is 404."""
+    if error.kind == "model_not_found" or (error.kind == "upstream_error"
+                                           and error.upstream_status == 404):
+        return 404
+    if error.kind == "upstream_error":
+        return error.upstream_status if api_flavor() == "google" and error.upstream_status \
+            else 502
+    return error.status
+
+
 def chat_error(error: ChatError):
+    """Every error as JSON in the caller's API's shape; the one place errors are rendered."""
     g.chat_log.outcome = f"error: {error.message}"
-    headers = error.headers()
-    if error.status == 401:
+    headers, flavor = error.headers(), api_flavor()
+    status = error.status if flavor == "api" else gateway_status(error)
+    if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="ChatBridge"'
-    return jsonify(error=error.message), error.status, headers
+    if flavor == "openai":
+        code = {404: "model_not_found" if status == 404 and error.kind != "not_found" else None,
+                401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+        body = {"error": {"message": error.message, "param": None, "code": code,
+                          "type": OPENAI_ERROR_TYPES.get(error.kind, "api_error")}}
+    elif flavor == "google":
+        body = {"error": {"code": status, "message": error.message,
+                          "status": GOOGLE_STATUSES.get(status, "UNKNOWN")}}
+    else:
+        body = {"error": error.message}
+    return jsonify(body), status, headers
 
 
 def http_error(error: HTTPException):
@@ -1969,18 +2437,17 @@ def http_error(error: HTTPException):
         413: f"the request body is larger than the {service().config.max_upload_mb:g} MB "
              "file limit allows",
     }
-    message = messages.get(error.code, error.description or error.name)
-    response = jsonify(error=message)
-    response.status_code = error.code
-    for name in ("Allow", "Retry-After"):
-        if name in error.get_headers():
-            response.headers[name] = dict(error.get_headers())[name]
+    response = chat_error(ChatError(error.code, messages.get(error.code, error.description
+                                                             or error.name)))
+    headers = dict(error.get_headers())
+    if "Allow" in headers:
+        response[2]["Allow"] = headers["Allow"]
     return response
 
 
 def unexpected_error(error: Exception):
     log.exception("unhandled error in %s %s", request.method, request.path)
-    return jsonify(error="internal server error"), 500
+    return chat_error(ChatError(500, "internal server error", kind="internal"))
 
 
 def start_record():
@@ -2005,10 +2472,10 @@ def matches(token: str, expected: tuple) -> bool:
 
 
 def check_access():
-    """With ACCESS_TOKENS set, every /api route (but the admin's /api/keys) needs one of them."""
+    """With ACCESS_TOKENS set, every API route (but the admin's /api/keys) needs one of them."""
     tokens = service().config.access_tokens
-    if not tokens or not request.path.startswith("/api/") or request.path == "/api/keys" \
-            or request.method == "OPTIONS":
+    guarded = request.path.startswith(("/api/", "/v1/", "/v1beta/"))
+    if not tokens or not guarded or request.path == "/api/keys" or request.method == "OPTIONS":
         return
     token = presented_token()
     if not matches(token, tokens):
@@ -2026,9 +2493,9 @@ def log_when_done(response: Response) -> Response:
     return response
 
 
-def sse_response(stream: Iterator, headers: dict) -> Response:
-    return Response(stream, content_type="text/event-stream; charset=utf-8", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+def stream_response(stream: Iterator, writer: StreamWriter) -> Response:
+    return Response(stream, content_type=writer.content_type, headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **writer.headers})
 
 
 def read_json_body() -> dict:
@@ -2072,9 +2539,7 @@ def chat():
                                       partial(svc.cached_upload, owner=g.owner))
     svc.continue_conversation(chat_request, g.owner)
     remember = partial(svc.remember, chat_request, g.owner)
-    record = g.chat_log
-    record.shape, record.provider, record.model = (chat_request.shape, chat_request.provider,
-                                                   chat_request.model)
+    record = note_request(chat_request)
     plan = svc.reserve(chat_request)
     cancel = Cancel()
     if chat_request.shape == "B" and not chat_request.stream:
@@ -2086,9 +2551,9 @@ def chat():
         writer = ShapeAWriter()
     else:  # B and useChat's clients get a real status when no upstream answers
         source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
-        writer = ShapeBWriter(chat_request.model) if chat_request.shape == "B" else \
+        writer = ChunkWriter(chat_request.model) if chat_request.shape == "B" else \
             UIMessageWriter()
-    response = sse_response(svc.relay(source, writer, record, cancel, remember), writer.headers)
+    response = stream_response(svc.relay(source, writer, record, cancel, remember), writer)
     response.call_on_close(cancel.cancel)
     return response
 
@@ -2097,6 +2562,60 @@ def lazy_answer(svc: Service, chat_request: ChatRequest, plan: KeyPlan | None, c
                 record: RequestLog) -> Iterator:
     """Shape A opens the upstream inside the stream, so it can ping while failing over."""
     yield from svc.stream_answer(chat_request, plan, cancel, record).deltas()
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    """OpenAI's Chat Completions over the key pool; any OpenAI SDK's base URL can point here."""
+    svc = service()
+    chat_request = parse_openai_request(read_json_body(), svc.config)
+    record = note_request(chat_request)
+    plan, cancel = svc.reserve(chat_request), Cancel()
+    if not chat_request.stream:
+        return jsonify(svc.complete(chat_request, plan, cancel, record))
+    answer = svc.stream_answer(chat_request, plan, cancel, record)
+    writer = ChunkWriter(chat_request.model, gateway=True,
+                         include_usage=chat_request.include_usage)
+    response = stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer)
+    response.call_on_close(cancel.cancel)
+    return response
+
+
+@bp.get("/v1/models")
+def models():
+    """The models, in OpenAI's list shape; in Google's when the client authenticates Google's
+    way (the one path both APIs share)."""
+    if google_auth():
+        return gemini_native("")
+    return jsonify(object="list", data=service().model_list())
+
+
+@bp.get("/v1beta/models", defaults={"target": ""})
+@bp.route("/v1beta/models/<path:target>", methods=["GET", "POST"])
+@bp.route("/v1/models/<path:target>", methods=["GET", "POST"])
+def gemini_native(target: str):
+    """Gemini's REST API passed through with the key pool (google-genai's base URL can point
+    here, under v1beta or v1)."""
+    svc = service()
+    chat_request = parse_native_call(target, request.method, request.args, request.get_data(),
+                                     svc.config)
+    record = note_request(chat_request)
+    plan, cancel = svc.reserve(chat_request), Cancel()
+    if not chat_request.stream:
+        return svc.with_failover(chat_request, plan, svc.fetch_native, cancel, record)
+    answer = svc.with_failover(chat_request, plan, svc.open_native_stream, cancel, record)
+    writer = GeminiWriter(sse_events=chat_request.native.query.get("alt") == "sse")
+    response = stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer)
+    response.call_on_close(cancel.cancel)
+    return response
+
+
+def note_request(chat_request: ChatRequest) -> RequestLog:
+    """Put what the request asks for on its log line."""
+    record = g.chat_log
+    record.shape, record.provider, record.model = (chat_request.shape, chat_request.provider,
+                                                   chat_request.model)
+    return record
 
 
 @bp.post("/api/upload")
