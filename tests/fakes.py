@@ -38,7 +38,28 @@ GEMINI_REQUEST_FIELDS = {
     "generationConfig", "generation_config", "safetySettings", "safety_settings",
     "toolConfig", "tool_config", "cachedContent", "cached_content",
 }
-GEMINI_ACTION = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)$")
+GEMINI_ACTION = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$")
+GEMINI_MODEL_PATH = re.compile(r"^/v1beta/models/([^/:]+)$")
+GEMINI_MODELS = {GEMINI_MODEL: "Gemini 2.5 Flash", "gemini-2.5-pro": "Gemini 2.5 Pro"}
+# Field names in camelCase; requests may spell them in snake_case too (proto3 JSON, wire-formats §3).
+GEMINI_PART_FIELDS = {
+    "text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
+    "codeExecutionResult", "thought", "thoughtSignature", "videoMetadata", "mediaResolution", "partMetadata",
+}
+GEMINI_TOOL_FIELDS = {
+    "functionDeclarations", "googleSearch", "googleSearchRetrieval", "codeExecution", "urlContext",
+    "computerUse", "fileSearch", "googleMaps",
+}
+GEMINI_FUNCTION_FIELDS = {
+    "name", "description", "parameters", "parametersJsonSchema", "response", "responseJsonSchema", "behavior",
+}
+GEMINI_GENERATION_FIELDS = {
+    "temperature", "topP", "topK", "candidateCount", "maxOutputTokens", "stopSequences", "presencePenalty",
+    "frequencyPenalty", "seed", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "responseLogprobs", "logprobs", "responseModalities", "mediaResolution", "speechConfig",
+    "thinkingConfig", "imageConfig", "enableEnhancedCivicAnswers",
+}
+GEMINI_COUNT_FIELDS = {"contents", "generateContentRequest"}
 ERROR_TYPE = "type.googleapis.com/google.rpc."
 
 
@@ -122,10 +143,10 @@ def gemini_usage(candidates=0, thoughts=0, prompt=GEMINI_PROMPT_TOKENS):
     return usage
 
 
-def gemini_chunk(text=None, thought=None, finish=None, usage=None):
-    """One GenerateContentResponse; with neither text nor thought the content has no parts."""
-    parts = [{"text": thought, "thought": True}] if thought is not None else []
-    parts += [{"text": text}] if text is not None else []
+def gemini_chunk(text=None, thought=None, finish=None, usage=None, parts=()):
+    """One GenerateContentResponse; with no text, thought or other parts the content has no parts."""
+    parts = ([{"text": thought, "thought": True}] if thought is not None else []) + \
+        ([{"text": text}] if text is not None else []) + list(parts)
     content = {"parts": parts, "role": "model"} if parts else {"role": "model"}
     candidate = {"content": content, **({"finishReason": finish} if finish else {}), "index": 0}
     return {"candidates": [candidate], "usageMetadata": usage or gemini_usage(),
@@ -161,6 +182,51 @@ def gemini_array(events):
 def gemini_stream(texts, thoughts=(), finish="STOP"):
     """A 200 SSE stream; finish=None leaves finishReason out, as in a stream that was cut off."""
     return Reply(chunks=gemini_sse(gemini_events(texts, thoughts, finish)))
+
+
+def gemini_function_call_events(name, args, signature=None, text=None):
+    """Optional text, then a last chunk whose one part is a functionCall (with its thoughtSignature)."""
+    part = {"functionCall": {"name": name, "args": args}}
+    if signature is not None:
+        part["thoughtSignature"] = signature
+    events = gemini_events([text], finish=None) if text else []
+    tokens = count_tokens(text) + count_tokens(json.dumps(args))
+    return events + [gemini_chunk(parts=[part], finish="STOP", usage=gemini_usage(tokens))]
+
+
+def gemini_function_call(name, args, signature=None, text=None):
+    """A 200 SSE stream ending in a functionCall part, finishReason STOP."""
+    return Reply(chunks=gemini_sse(gemini_function_call_events(name, args, signature, text)))
+
+
+def gemini_function_call_object(name, args, signature=None, text=None):
+    """The same answer as one :generateContent object."""
+    return json_reply(gemini_merge(gemini_function_call_events(name, args, signature, text)), pretty=True)
+
+
+def gemini_merge(events):
+    """Streamed chunks as the one object :generateContent gives: parts joined, the last chunk's metadata."""
+    parts = []
+    for event in events:
+        for part in event["candidates"][0]["content"].get("parts", []):
+            plain = set(part) <= {"text", "thought"}
+            if parts and plain and set(parts[-1]) <= {"text", "thought"} \
+                    and part.get("thought") == parts[-1].get("thought"):
+                parts[-1] = {**parts[-1], "text": parts[-1]["text"] + part["text"]}
+            else:
+                parts.append(dict(part))
+    last = events[-1]
+    content = {"parts": parts, "role": "model"} if parts else {"role": "model"}
+    return {**last, "candidates": [{**last["candidates"][0], "content": content}]}
+
+
+def gemini_answer(recorded, events):
+    """The events in the form the request asked for: SSE, a JSON array, or one merged object."""
+    if not recorded.stream:
+        return json_reply(gemini_merge(events), pretty=True)
+    if recorded.query.get("alt") == "sse":
+        return Reply(chunks=gemini_sse(events))
+    return Reply(chunks=gemini_array(events))
 
 
 def gemini_status(code, status_name, message, details=()):
@@ -237,6 +303,25 @@ def gemini_raw_error_tail(texts):
     return Reply(chunks=gemini_sse(gemini_events(texts, finish=None)) + [tail])
 
 
+def camel(name):
+    """A proto field name in lowerCamelCase, which is how JSON parsers also accept snake_case."""
+    return re.sub(r"_([a-z])", lambda match: match.group(1).upper(), name)
+
+
+def unknown_field(obj, fields, where):
+    """Gemini's message for the first field of obj it does not know, or None."""
+    unknown = sorted(name for name in obj if camel(name) not in fields)
+    if not unknown:
+        return None
+    at = f" at '{where}'" if where else ""
+    return f'Invalid JSON payload received. Unknown name "{unknown[0]}"{at}: Cannot find field.'
+
+
+def field(obj, name):
+    """obj's value for a camelCase field spelled either way."""
+    return next((value for key, value in obj.items() if camel(key) == name), None)
+
+
 def gemini_problem(body):
     """Why Gemini would reject this request body with 400 INVALID_ARGUMENT, or None."""
     if not isinstance(body, dict):
@@ -249,7 +334,68 @@ def gemini_problem(body):
         return "* GenerateContentRequest.contents: contents is not specified"
     if any(c.get("role", "user") not in ("user", "model") for c in contents):
         return "Please use a valid role: user, model."
+    return (gemini_contents_problem(contents)
+            or unknown_field(field(body, "generationConfig") or {}, GEMINI_GENERATION_FIELDS, "generation_config")
+            or gemini_tools_problem(body.get("tools") or []))
+
+
+def gemini_contents_problem(contents):
+    """Unknown or missing parts, and function responses that answer no function call turn."""
+    for i, content in enumerate(contents):
+        parts = content.get("parts")
+        if not parts:
+            return f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+        for j, part in enumerate(parts):
+            problem = unknown_field(part, GEMINI_PART_FIELDS, f"contents[{i}].parts[{j}]")
+            if problem:
+                return problem
+        responses = [p for p in parts if field(p, "functionResponse") is not None]
+        if responses:
+            previous = contents[i - 1] if i else {}
+            calls = [p for p in previous.get("parts", []) if field(p, "functionCall") is not None]
+            if not calls or previous.get("role") != "model":
+                return ("Please ensure that function response turn comes immediately after a function "
+                        "call turn.")
+            if len(calls) != len(responses):
+                return ("Please ensure that the number of function response parts is equal to the number "
+                        "of function call parts of the function call turn.")
     return None
+
+
+def gemini_tools_problem(tools):
+    """Unknown fields in tools or function declarations, or a declaration without a name."""
+    for i, tool in enumerate(tools):
+        problem = unknown_field(tool, GEMINI_TOOL_FIELDS, f"tools[{i}]")
+        if problem:
+            return problem
+        for j, declaration in enumerate(field(tool, "functionDeclarations") or []):
+            where = f"tools[{i}].function_declarations[{j}]"
+            problem = unknown_field(declaration, GEMINI_FUNCTION_FIELDS, where)
+            if problem:
+                return problem
+            if not declaration.get("name"):
+                return f"* GenerateContentRequest.{where}.name: Name cannot be empty."
+    return None
+
+
+def gemini_count_problem(body):
+    """Why Gemini would reject this countTokens body, or None."""
+    if not isinstance(body, dict):
+        return "Invalid JSON payload received."
+    problem = unknown_field(body, GEMINI_COUNT_FIELDS, "")
+    if problem:
+        return problem
+    request = field(body, "generateContentRequest")
+    if request is not None:
+        return gemini_problem({k: v for k, v in request.items() if k != "model"})
+    return gemini_problem({"contents": body.get("contents")})
+
+
+def gemini_texts(body):
+    """Every text part of a request's contents and system instruction, a countTokens body included."""
+    request = field(body, "generateContentRequest") or body
+    turns = list(request.get("contents") or []) + [field(request, "systemInstruction") or {}]
+    return [part["text"] for turn in turns for part in turn.get("parts", []) if "text" in part]
 
 
 def gemini_last_user_text(contents):
@@ -324,6 +470,41 @@ def openai_midstream_error(texts):
                        "type": "server_error", "param": None, "code": None}}
     objs = [openai_chunk({"role": "assistant", "content": ""})] + [openai_chunk({"content": t}) for t in texts]
     return Reply(chunks=openai_sse(objs + [error]))
+
+
+def openai_tool_call_stream(name, argument_pieces, call_id="call_fake1", usage=False):
+    """A role chunk, tool_calls deltas (id, type and name first, then argument pieces), finish tool_calls."""
+    first = {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+    objs = [openai_chunk({"role": "assistant", "content": None}), openai_chunk({"tool_calls": [first]})]
+    objs += [openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+             for piece in argument_pieces]
+    objs += [openai_chunk({}, "tool_calls")]
+    objs += [openai_chunk(usage=openai_usage(count_tokens("".join(argument_pieces))))] if usage else []
+    return Reply(chunks=openai_sse(objs + ["[DONE]"]))
+
+
+def openai_tool_call_completion(name, arguments, call_id="call_fake1"):
+    """A non-streamed chat.completion whose message calls one function."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+    return json_reply({
+        "id": OPENAI_ID, "object": "chat.completion", "created": OPENAI_CREATED, "model": OPENAI_MODEL,
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": message}],
+        "usage": openai_usage(count_tokens(arguments)),
+    })
+
+
+def openai_problem(body):
+    """Why an OpenAI-compatible upstream would reject this chat body with 400, or None."""
+    if not isinstance(body, dict) or not body.get("messages"):
+        return "Invalid request: 'messages' is required"
+    called = set()
+    for i, message in enumerate(body["messages"]):
+        called |= {call.get("id") for call in message.get("tool_calls") or []}
+        if message.get("role") == "tool" and message.get("tool_call_id") not in called:
+            return (f"Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    f"message with 'tool_calls'. (messages.[{i}].role)")
+    return None
 
 
 def openai_last_user_text(messages):
@@ -605,6 +786,8 @@ class FakeGemini(FakeServer):
         """Key from x-goog-api-key or ?key=, model and method from the path."""
         match = GEMINI_ACTION.match(path)
         model, action = match.groups() if match else (None, None)
+        if not match and (match := GEMINI_MODEL_PATH.match(path)):
+            model = match.group(1)
         return headers.get("x-goog-api-key") or query.get("key"), model, action == "streamGenerateContent"
 
     def is_sse(self, recorded):
@@ -621,20 +804,40 @@ class FakeGemini(FakeServer):
         return replace(reply, chunks=[b"[" + body + b"\n]"]) if body.lstrip().startswith(b"{") else reply
 
     def route(self, recorded):
-        """models list on GET, generation on POST."""
+        """models list and one model on GET, generation and token counts on POST."""
         if recorded.method == "GET" and recorded.path == "/v1beta/models":
             return self.list_models
-        if recorded.method == "POST" and recorded.model:
-            return self.generate
+        if recorded.method == "GET" and GEMINI_MODEL_PATH.match(recorded.path):
+            return self.get_model
+        if recorded.method == "POST" and GEMINI_ACTION.match(recorded.path):
+            return self.count if recorded.path.endswith(":countTokens") else self.generate
         return None
+
+    @staticmethod
+    def model_object(name):
+        """One Model resource as models.list and models.get give it."""
+        return {"name": f"models/{name}", "version": "001", "displayName": GEMINI_MODELS[name],
+                "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+                "thinking": True}
 
     def list_models(self, recorded):
         """GET /v1beta/models."""
-        models = [{"name": f"models/{name}", "version": "001", "displayName": display,
-                   "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
-                   "supportedGenerationMethods": ["generateContent", "streamGenerateContent"], "thinking": True}
-                  for name, display in [(GEMINI_MODEL, "Gemini 2.5 Flash"), ("gemini-2.5-pro", "Gemini 2.5 Pro")]]
-        return json_reply({"models": models}, pretty=True)
+        return json_reply({"models": [self.model_object(name) for name in GEMINI_MODELS]}, pretty=True)
+
+    def get_model(self, recorded):
+        """GET /v1beta/models/{model}; 404 for a name not in the list."""
+        if recorded.model not in GEMINI_MODELS:
+            return gemini_error(404, "NOT_FOUND", f"models/{recorded.model} is not found for API version "
+                                                  "v1beta, or is not supported for generateContent.")
+        return json_reply(self.model_object(recorded.model), pretty=True)
+
+    def count(self, recorded):
+        """POST /v1beta/models/{model}:countTokens: totalTokens of all the text."""
+        problem = gemini_count_problem(recorded.json)
+        if problem:
+            return gemini_error(400, "INVALID_ARGUMENT", problem)
+        return json_reply({"totalTokens": count_tokens("".join(gemini_texts(recorded.json)))}, pretty=True)
 
     def generate(self, recorded):
         """Echo the last user turn as an SSE stream, a JSON-array stream or one object."""
@@ -695,8 +898,9 @@ class FakeOpenAI(FakeServer):
     def chat(self, recorded):
         """Echo the last user message, streamed or as one chat.completion."""
         body = recorded.json
-        if not isinstance(body, dict) or not body.get("messages"):
-            return openai_error(400, "Invalid request: 'messages' is required")
+        problem = openai_problem(body)
+        if problem:
+            return openai_error(400, problem)
         text = "You said: " + openai_last_user_text(body["messages"])
         if not recorded.stream:
             return openai_completion(text)
