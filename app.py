@@ -63,6 +63,9 @@ INVALID_KEY_COOLDOWN = 3600.0
 ERROR_BODY_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 500  # characters of an upstream error message passed on
 READ_SIZE = 64 * 1024
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+               "form-action 'self'")
 MODEL_LIST_SECONDS = 600
 TEXT_KINDS = ("text", "reasoning")
 CONTENT_KINDS = TEXT_KINDS + ("tool_call",)  # what counts as an answer having started
@@ -2335,6 +2338,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_error_handler(Exception, unexpected_error)
     app.before_request(start_record)
     app.before_request(check_access)
+    app.after_request(secure_headers)
     app.after_request(log_when_done)
     announce(config, app.extensions["chatbridge"].store)
     return app
@@ -2482,6 +2486,15 @@ def check_access():
         raise ChatError(401, "missing or wrong access token: send it as Authorization: "
                              "Bearer <token>")
     g.owner = fingerprint(token)
+
+
+def secure_headers(response: Response) -> Response:
+    """No sniffing and no referrer anywhere; the page may run only its own scripts and styles."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+    return response
 
 
 def log_when_done(response: Response) -> Response:

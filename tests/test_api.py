@@ -270,3 +270,13 @@ def test_a_model_name_with_control_characters_is_refused(server, gemini):
     response = post_chat(server, {"message": "x", "model": "gemini\r\nx"})
     assert response.status_code == 400 and "model" in response.json()["error"]
     assert gemini.requests == []
+
+
+def test_the_page_is_served_with_a_strict_policy(server):
+    page = requests.get(server.url + "/", headers={"Accept": "text/html"}, timeout=5)
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    for response in (page, requests.get(server.url + "/healthz", timeout=5)):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
