@@ -6,6 +6,10 @@ Server-Sent Events. Upstreams: Google Gemini (REST) and any OpenAI-compatible
 API (the ZJU Chat API, DeepSeek, OpenRouter, vLLM, Ollama), plus the built-in
 `echo` model that needs no key at all.
 
+Clients: /api/chat in three request shapes (the two source backends' and the
+Vercel AI SDK's useChat), an OpenAI-compatible /v1, Gemini's own REST API under
+/v1beta (and /v1), and a chat page at /.
+
 Run it:      python app.py                     (development, port 5000)
 Production:  gunicorn --workers 3 --worker-class gevent --timeout 600 app:app
 Settings:    environment variables, listed in README.md and read by load_config().
