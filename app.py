@@ -67,6 +67,7 @@ INVALID_KEY_COOLDOWN = 3600.0
 ERROR_BODY_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 500  # characters of an upstream error message passed on
 READ_SIZE = 64 * 1024
+PING = b": ping\n\n"
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
                "form-action 'self'")
@@ -301,13 +302,15 @@ class ChatError(Exception):
     """
 
     def __init__(self, status: int, message: str, retry_after: float | None = None,
-                 kind: str | None = None, upstream_status: int | None = None):
+                 kind: str | None = None, upstream_status: int | None = None,
+                 upstream_body: bytes | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
         self.kind = kind or ERROR_KINDS.get(status, "internal")
         self.upstream_status = upstream_status
+        self.upstream_body = upstream_body  # Gemini's own error, for its passed-through API
 
     def headers(self) -> dict:
         if self.retry_after is None:
@@ -341,6 +344,7 @@ class UpstreamFailure(Exception):
     status: int | None = None
     retry_after: float | None = None
     per_day: bool = False
+    body: bytes | None = None  # the upstream's error body as it came
 
     def __post_init__(self):
         super().__init__(self.message)
@@ -964,6 +968,7 @@ class Turn:
     tool_calls: tuple = ()  # an assistant's calls: {"id", "name", "arguments", "signature"}
     tool_call_id: str = ""  # a tool turn answers this call
     tool_name: str = ""
+    reasoning: str = ""  # an assistant's reasoning_content, which DeepSeek's thinking mode wants back
 
 
 @dataclass
@@ -986,23 +991,27 @@ class ChatRequest:
     tool_choice: Any = None
     include_usage: bool = False
     native: Any = None  # a NativeCall, for Gemini's own API passed through
+    extra: dict = field(default_factory=dict)  # /v1 fields an OpenAI-compatible upstream gets as sent
 
     @property
     def message(self) -> str:
         return self.turns[-1].text
 
 
-def resolve_model(name: str | None, config: Config) -> tuple:
-    """Pick the provider for a model name and strip an explicit provider prefix."""
-    name = (name or config.default_model).strip()
+def provider_of(name: str) -> tuple:
+    """The provider a model name routes to, and the name without an explicit provider prefix."""
     if name == ECHO_MODEL:
         return "echo", name
     prefix, _, rest = name.partition("/")
     if prefix in PROVIDERS and rest:
-        provider, name = prefix, rest
-    else:
-        provider = "gemini" if name.startswith(("gemini", "gemma")) else "zju"
-    if not config.keys(provider):
+        return prefix, rest
+    return ("gemini" if name.startswith(("gemini", "gemma")) else "zju"), name
+
+
+def resolve_model(name: str | None, config: Config) -> tuple:
+    """Pick the provider for a model name (or the default); 400 if it has no keys."""
+    provider, name = provider_of((name or config.default_model).strip())
+    if provider != "echo" and not config.keys(provider):
         raise ChatError(400, f"model {name!r} is served by {PROVIDER_NAMES[provider]}, "
                              f"but {KEY_VARIABLES[provider]} is not set", kind="model_not_found")
     return provider, name
@@ -1181,6 +1190,9 @@ def parse_native_call(target: str, method: str, query: dict, body: bytes,
                        stream=action == "streamGenerateContent", native=call)
 
 
+OPENAI_REBUILT_FIELDS = {"model", "messages", "stream", "stream_options", "n"}
+
+
 def parse_openai_request(body: dict, config: Config) -> ChatRequest:
     """Validate an OpenAI Chat Completions request (/v1/chat/completions) into a ChatRequest."""
     if optional(body, "n", int, hint="1") not in (None, 1):
@@ -1209,6 +1221,7 @@ def parse_openai_request(body: dict, config: Config) -> ChatRequest:
         tools=parse_tools(body.get("tools")),
         tool_choice=parse_tool_choice(body.get("tool_choice")),
         include_usage=bool(options.get("include_usage")),
+        extra={k: v for k, v in body.items() if k not in OPENAI_REBUILT_FIELDS},
     )
 
 
@@ -1228,14 +1241,17 @@ def parse_openai_messages(raw: Any, config: Config) -> tuple:
             calls = parse_tool_calls(message.get("tool_calls"), where)
             call_names.update((call["id"], call["name"]) for call in calls)
             text = content_of(message.get("content"), where, config)[0]
-            turns.append(Turn("assistant", text, tool_calls=calls))
+            reasoning = message.get("reasoning_content")
+            if text.strip() or calls:  # an empty turn is refused upstream
+                turns.append(Turn("assistant", text, tool_calls=calls, reasoning=reasoning
+                                  if isinstance(reasoning, str) else ""))
         elif role == "tool":
             call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str):
-                raise ChatError(400, f"'{where}.tool_call_id' must be a string")
+            if call_id not in call_names:
+                raise ChatError(400, f"'{where}.tool_call_id' must name a tool call of an "
+                                     "earlier assistant message")
             text = content_of(message.get("content"), where, config)[0]
-            turns.append(Turn("tool", text, tool_call_id=call_id,
-                              tool_name=call_names.get(call_id, message.get("name") or "")))
+            turns.append(Turn("tool", text, tool_call_id=call_id, tool_name=call_names[call_id]))
         else:
             raise ChatError(400, f"'{where}.role' must be system, developer, user, assistant "
                                  "or tool")
@@ -1257,7 +1273,7 @@ def content_of(content: Any, where: str, config: Config) -> tuple:
             texts.append(part["text"])
         elif kind == "image_url" and isinstance(part.get("image_url"), dict):
             files.append(ui_file({"url": part["image_url"].get("url")}, where, config))
-        else:
+        elif kind != "refusal":  # an assistant's refusal is not sent back
             raise ChatError(400, f"'{where}.content' may hold only text and image_url parts")
     return "\n".join(texts), tuple(files)
 
@@ -1273,6 +1289,8 @@ def parse_tool_calls(raw: Any, where: str) -> tuple:
                 or not isinstance(function.get("name"), str):
             raise ChatError(400, f"'{where}.tool_calls' must be a list of "
                                  "{id, type: function, function: {name, arguments}}")
+        if not isinstance(function.get("arguments", ""), str):
+            raise ChatError(400, f"'{where}.tool_calls[].function.arguments' must be a JSON string")
         google = (call.get("extra_content") or {}).get("google") or {}
         calls.append({"id": call["id"], "name": function["name"],
                       "arguments": function.get("arguments") or "{}",
@@ -1459,7 +1477,8 @@ def openai_message(turn: Turn) -> dict:
         return {"role": "assistant", "content": turn.text or None, "tool_calls": [
             {"id": c["id"], "type": "function",
              "function": {"name": c["name"], "arguments": c["arguments"]}}
-            for c in turn.tool_calls]}
+            for c in turn.tool_calls], **({"reasoning_content": turn.reasoning}
+                                          if turn.reasoning else {})}
     text = turn.text
     for file in turn.files:
         if not file.mime_type.startswith("image/"):
@@ -1481,13 +1500,14 @@ def openai_request(chat: ChatRequest, key: ApiKey, config: Config, stream: bool)
     """URL, headers and JSON body of an OpenAI-compatible chat/completions call."""
     messages = [{"role": "system", "content": chat.system}] if chat.system else []
     messages += [openai_message(turn) for turn in chat.turns]
-    body = {"model": chat.model, "messages": messages, "stream": stream}
-    settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens,
-                "top_p": chat.top_p, "stop": chat.stop, "response_format": chat.response_format,
-                "tools": chat.tools, "tool_choice": chat.tool_choice,
-                "stream_options": {"include_usage": True} if stream and chat.include_usage
-                else None}
-    body.update({name: value for name, value in settings.items() if value is not None})
+    if chat.shape == "v1":  # the client's own fields, as sent (max_completion_tokens stays so)
+        body = dict(chat.extra)
+    else:
+        settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens}
+        body = {name: value for name, value in settings.items() if value is not None}
+    body.update(model=chat.model, messages=messages, stream=stream)
+    if stream and chat.include_usage:
+        body["stream_options"] = {"include_usage": True}
     return (f"{config.zju_base_url}/chat/completions",
             {"Authorization": f"Bearer {key.secret}"}, body)
 
@@ -1623,10 +1643,10 @@ def translate_event(translate: Callable, event: dict) -> list:
         raise UpstreamFailure("broken", "the upstream sent an event of an unexpected shape") from None
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: Any) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 
@@ -1647,7 +1667,6 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-PING = b": ping\n\n"
 
 
 class StreamWriter:
@@ -1655,6 +1674,7 @@ class StreamWriter:
 
     headers: dict = {}
     content_type = "text/event-stream; charset=utf-8"
+    ping = PING  # what keeps a silent stream alive; b"" for protocols that have no comments
 
     def start(self) -> bytes:
         return b""
@@ -1740,19 +1760,30 @@ class ChunkWriter(StreamWriter):
 
 
 class GeminiWriter(StreamWriter):
-    """Gemini's own stream passed through: its SSE events, or its JSON-array form, unchanged."""
+    """Gemini's own stream passed through: its SSE events, or its JSON-array form, unchanged.
+
+    No pings: google-genai reads any line that is not data as JSON.
+    """
+
+    ping = b""
 
     def __init__(self, sse_events: bool):
+        self.sse_events, self.written = sse_events, False
         if not sse_events:
             self.content_type = "application/json; charset=UTF-8"
 
     def event(self, delta: Delta) -> bytes:
+        self.written = True
         if delta.kind == "event":
             return b"data: " + delta.value.encode() + b"\r\n\r\n"
         return delta.value if delta.kind == "bytes" else b""
 
     def error(self, message: str) -> bytes:
-        return sse({"error": {"code": 500, "message": message, "status": "INTERNAL"}})
+        error = {"error": {"code": 500, "message": message, "status": "INTERNAL"}}
+        if self.sse_events:
+            return sse(error)
+        body = json.dumps(error, ensure_ascii=False).encode()  # closes the JSON array
+        return (b"\n," + body + b"\n]") if self.written else (b"[" + body + b"]")
 
 
 def tool_call_entry(call: dict) -> dict:
@@ -1974,7 +2005,7 @@ class Service:
             yield writer.start()
             for item in with_heartbeats(source, self.config.ping_seconds, cancel):
                 if item is PING:
-                    yield PING
+                    yield writer.ping
                     continue
                 if item.kind in CONTENT_KINDS + ("event", "bytes"):
                     record.mark_first_token()
@@ -2116,8 +2147,10 @@ class Service:
         """Gemini's answer to a non-streaming call, unchanged."""
         response = self.send_native(chat, key, stream=False)
         if response.status_code != 200:
-            raise classify_failure(response.status_code, parse_json(response.text),
-                                   response.headers)
+            failure = classify_failure(response.status_code, parse_json(response.text),
+                                       response.headers)
+            failure.body = response.content
+            raise failure
         return Response(response.content, content_type=response.headers.get(
             "Content-Type", "application/json; charset=UTF-8"))
 
@@ -2144,11 +2177,10 @@ class Service:
     def model_list(self) -> list:
         """/v1/models: echo, the Gemini models the keys can use, the other upstream's models."""
         models = [(ECHO_MODEL, "chatbridge")]
-        if self.config.gemini_keys:
-            models += [(m, "google") for m in self.upstream_models("gemini")]
-        if self.config.zju_keys:
-            models += [(m if resolve_model(m, self.config)[0] == "zju" else f"zju/{m}", "zju")
-                       for m in self.upstream_models("zju")]
+        for provider, owner in (("gemini", "google"), ("zju", "zju")):
+            if self.config.keys(provider):  # named so that they route back to their provider
+                models += [(m if provider_of(m)[0] == provider else f"{provider}/{m}", owner)
+                           for m in self.upstream_models(provider)]
         return [{"id": name, "object": "model", "created": 0, "owned_by": owner}
                 for name, owner in dict(models).items()]
 
@@ -2158,16 +2190,23 @@ class Service:
         if expires > time.monotonic():
             return names
         chat = ChatRequest(shape="models", provider=provider, model="*", turns=[])
+        lifetime = MODEL_LIST_SECONDS
         try:
             names = self.with_failover(chat, self.reserve(chat), self.fetch_models, Cancel(),
                                        RequestLog())
         except ChatError as exc:
             log.warning("could not list the %s models (%s); offering the default", provider,
                         exc.message)
-            names = [self.config.gemini_model if provider == "gemini" else
-                     self.config.default_model]
-        self.models_cache[provider] = (time.monotonic() + MODEL_LIST_SECONDS, names)
+            names, lifetime = [self.fallback_model(provider)], 60.0  # try again soon
+        self.models_cache[provider] = (time.monotonic() + lifetime, names)
         return names
+
+    def fallback_model(self, provider: str) -> str:
+        """The model to list for a provider whose own list cannot be had."""
+        if provider == "gemini":
+            return self.config.gemini_model
+        default = self.config.default_model
+        return default if provider_of(default)[0] == "zju" else "deepseek-r1-671b"
 
     def fetch_models(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> list:
         if chat.provider == "gemini":
@@ -2196,7 +2235,7 @@ class Service:
             rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
             note = partial(self.pools[chat.provider].note_attempt, key, chat.model,
                            new_attempt=False)
-            return Answer(read_until_content(rest), rest, response, note)
+            return Answer(read_until_content(rest, chat.shape == "v1"), rest, response, note)
         except BaseException:
             close_upstream(response)
             raise
@@ -2211,7 +2250,7 @@ class Service:
         if not isinstance(body, dict):
             raise UpstreamFailure("broken", "the upstream answered with something that is not JSON")
         deltas = translate_event(ADAPTERS[chat.provider][1], body)
-        read_until_content(iter(deltas + [Delta("finish", "stop")]))
+        read_until_content(iter(deltas + [Delta("finish", "stop")]), chat.shape == "v1")
         return completion_from_deltas(deltas, chat.model) if chat.provider == "gemini" else body
 
     def with_failover(self, chat: ChatRequest, plan: KeyPlan, attempt: Callable,
@@ -2232,7 +2271,7 @@ class Service:
                 log.warning("%s key %s failed (%s): %s", chat.provider, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
-                    raise self.give_up(chat, plan, [failure]) from None
+                    raise self.rejected(chat, failure) from None
                 if failure.kind == "rate_limit":
                     exhausted_groups.add(key.group)
                 failures.append(failure)
@@ -2241,6 +2280,16 @@ class Service:
             return answer
         cancel.check()
         raise self.give_up(chat, plan, failures)
+
+    def rejected(self, chat: ChatRequest, failure: UpstreamFailure) -> ChatError:
+        """The error for a request the upstream refused as the request's own fault."""
+        name = PROVIDER_NAMES[chat.provider]
+        message = failure.message if failure.status is None else \
+            f"{name} answered with an error ({failure.status}): {failure.message}"
+        body = self.redact(failure.body.decode("utf-8", "replace")).encode() if failure.body \
+            else None
+        return ChatError(500, message, kind="upstream_rejected", upstream_status=failure.status,
+                         upstream_body=body)
 
     def give_up(self, chat: ChatRequest, plan: KeyPlan, failures: list) -> ChatError:
         """The error for a request whose attempts all failed."""
@@ -2286,12 +2335,15 @@ def first_native_event(events: Iterator) -> Delta:
     raise UpstreamFailure("broken", "the upstream finished without any content")
 
 
-def read_until_content(deltas: Iterator) -> list:
-    """Read deltas up to the first text or reasoning; an answer with none is a failure."""
+def read_until_content(deltas: Iterator, gateway: bool = False) -> list:
+    """Read deltas up to the first content; an answer with none is a failure, but for the
+    gateway (as OpenAI does) one stopped by the token limit or a filter is an empty answer."""
     head = []
     for delta in deltas:
         head.append(delta)
         if delta.kind in CONTENT_KINDS:
+            return head
+        if gateway and delta.kind == "finish" and delta.value in ("content_filter", "length"):
             return head
         if delta.kind == "finish" and delta.value in ("content_filter", "length"):
             why = "its content filter" if delta.value == "content_filter" else "the token limit"
@@ -2383,7 +2435,7 @@ def gunicorn_master() -> str | None:
 
 OPENAI_ERROR_TYPES = {"invalid_request": "invalid_request_error", "not_found": "invalid_request_error",
                       "model_not_found": "invalid_request_error", "auth": "authentication_error",
-                      "rate_limit": "rate_limit_error"}
+                      "rate_limit": "rate_limit_error", "upstream_rejected": "invalid_request_error"}
 GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                    404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
                    415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -2393,8 +2445,10 @@ GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMIS
 def api_flavor() -> str:
     """Whose error shape this request expects: the sources' (api), OpenAI's or Google's."""
     path = request.path
-    if path.startswith(("/v1beta/", "/v1/models/")) or (path == "/v1/models" and google_auth()):
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
         return "google"
+    if path.startswith("/v1/models") and google_auth():
+        return "google"  # the model paths both APIs share answer the way the client asks
     return "openai" if path.startswith("/v1/") else "api"
 
 
@@ -2404,15 +2458,16 @@ def google_auth() -> bool:
 
 
 def gateway_status(error: ChatError) -> int:
-    """The status the gateways use: upstream errors are 502 (or the upstream's 404), and a
-    model no configured provider can serve is 404."""
-    if error.kind == "model_not_found" or (error.kind == "upstream_error"
-                                           and error.upstream_status == 404):
+    """The status the gateways use, for the SDKs' retry logic: a model nobody serves is 404;
+    a request the upstream refused is the client's error (400, or its 404), not to be retried;
+    an upstream that failed every key is 502."""
+    rejected = error.kind == "upstream_rejected"
+    if error.kind == "model_not_found" or (rejected and error.upstream_status == 404):
         return 404
-    if error.kind == "upstream_error":
+    if rejected:
         return error.upstream_status if api_flavor() == "google" and error.upstream_status \
-            else 502
-    return error.status
+            else 400
+    return 502 if error.kind == "upstream_error" else error.status
 
 
 def chat_error(error: ChatError):
@@ -2427,6 +2482,8 @@ def chat_error(error: ChatError):
                 401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
         body = {"error": {"message": error.message, "param": None, "code": code,
                           "type": OPENAI_ERROR_TYPES.get(error.kind, "api_error")}}
+    elif flavor == "google" and error.upstream_body:
+        return Response(error.upstream_body, status, headers, content_type="application/json")
     elif flavor == "google":
         body = {"error": {"code": status, "message": error.message,
                           "status": GOOGLE_STATUSES.get(status, "UNKNOWN")}}
@@ -2607,9 +2664,20 @@ def models():
     return jsonify(object="list", data=service().model_list())
 
 
+@bp.get("/v1/models/<path:name>")
+def model(name: str):
+    """One model (OpenAI's models.retrieve); in Google's shape when the client asks Google's way."""
+    if google_auth():
+        return gemini_native(name)
+    for entry in service().model_list():
+        if entry["id"] == name:
+            return jsonify(entry)
+    raise ChatError(400, f"the model {name!r} does not exist", kind="model_not_found")
+
+
 @bp.get("/v1beta/models", defaults={"target": ""})
 @bp.route("/v1beta/models/<path:target>", methods=["GET", "POST"])
-@bp.route("/v1/models/<path:target>", methods=["GET", "POST"])
+@bp.post("/v1/models/<path:target>")
 def gemini_native(target: str):
     """Gemini's REST API passed through with the key pool (google-genai's base URL can point
     here, under v1beta or v1)."""

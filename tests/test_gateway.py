@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import time
 
 import openai as openai_sdk
 import pytest
@@ -12,6 +13,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from openai import AsyncOpenAI, OpenAI
 
+import app as chatbridge
 from tests.conftest import GEMINI_KEYS, ZJU_KEYS, free_port, upstream_env
 from tests.fakes import (
     Reply,
@@ -390,6 +392,10 @@ def no_such_model(recorded):
     return None
 
 
+def every_key_503(recorded):
+    return gemini_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+
+
 def first_gemini_key_429(recorded):
     return gemini_429("30s") if recorded.key == K0 else None
 
@@ -410,7 +416,9 @@ ERRORS = [  # server fixture, fake Gemini script, request fields, status, code, 
                  id="upstream-has-no-such-model"),
     pytest.param("zju_only_server", None, {}, 404, "model_not_found", None, id="provider-without-keys"),
     pytest.param("server", every_key_429, {}, 429, None, None, id="every-key-cooling"),
-    pytest.param("server", request_fault, {}, 502, None, "Bad thing in the request.", id="upstream-error"),
+    pytest.param("server", request_fault, {}, 400, None, "Bad thing in the request.",
+                 id="upstream-refuses-the-request"),
+    pytest.param("server", every_key_503, {}, 502, None, "overloaded", id="upstream-fails-every-key"),
     pytest.param("unreachable_server", None, {}, 503, None, None, id="unreachable"),
     pytest.param("token_server", None, {}, 401, None, None, id="wrong-token"),
 ]
@@ -625,3 +633,106 @@ def test_native_bodies_pass_through_unchanged(server, gemini, prefix):
     assert array.json() == events, "without alt=sse the stream is one JSON array"
     assert [r.json for r in posted(gemini)] == [body] * 3
     assert_pool_keys_only(gemini, GEMINI_KEYS)
+
+
+# ---------------------------------------------------------------- edges the review found
+
+
+def test_silence_in_a_native_stream_is_not_filled_with_pings(google_client, server, gemini):
+    """The server pings /api streams every 0.5 s; Gemini's own API must get none."""
+    events = gemini_events(["slow ", "answer"])
+    gemini.script = lambda r: Reply(chunks=[1.2] + gemini_answer(r, events).chunks)
+    text = "".join(c.text or "" for c in google_client(server).models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"))
+    assert text == "slow answer"
+    array = requests.post(server.url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                          json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=TIMEOUT)
+    assert [field(c["candidates"][0]["content"]["parts"][0], "text") for c in array.json()] == [
+        "slow ", "answer"]
+
+
+@pytest.mark.parametrize("name, expected", [("echo", "echo"), ("deepseek-v3-671b", "deepseek-v3-671b")])
+def test_the_openai_sdk_retrieves_one_model(server, name, expected):
+    with openai_client(server) as sdk:
+        assert sdk.models.retrieve(name).id == expected
+        with pytest.raises(openai_sdk.NotFoundError):
+            sdk.models.retrieve("no-such-model")
+
+
+def test_a_token_limit_before_any_text_is_an_empty_answer_not_an_error(server, gemini):
+    gemini.script = lambda r: gemini_answer(r, gemini_events([], finish="MAX_TOKENS"))
+    for stream in (False, True):
+        assert outcome(create(server, stream=stream, max_tokens=5))[3] == "length"
+    assert len(gemini.requests) == 2, "no key was burned on the client's own limit"
+
+
+def test_a_refused_request_is_not_retried_on_other_keys(server, gemini):
+    gemini.script = request_fault
+    with pytest.raises(openai_sdk.BadRequestError):
+        create(server)
+    assert len(gemini.requests) == 1
+
+
+def test_the_clients_own_fields_reach_an_openai_compatible_upstream(server, openai):
+    create(server, model="deepseek-v3-671b", max_completion_tokens=64, seed=7,
+           presence_penalty=0.5, parallel_tool_calls=False, tools=[WEATHER_TOOL],
+           messages=[QUESTION, {"role": "assistant", "content": "", "reasoning_content": "hm",
+                                "tool_calls": [{"id": "c1", "type": "function", "function": {
+                                    "name": "get_weather", "arguments": "{}"}}]},
+                     {"role": "tool", "tool_call_id": "c1", "content": "sunny"}])
+    sent = openai.requests[-1].json
+    assert (sent["max_completion_tokens"], sent["seed"], sent["presence_penalty"]) == (64, 7, 0.5)
+    assert sent["parallel_tool_calls"] is False and "max_tokens" not in sent
+    assert sent["messages"][1]["reasoning_content"] == "hm"
+
+
+@pytest.mark.parametrize("messages, words", [
+    ([QUESTION, {"role": "tool", "tool_call_id": "nobody", "content": "x"}], "tool_call_id"),
+    ([QUESTION, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "f", "arguments": {"a": 1}}}]}], "JSON string"),
+])
+def test_malformed_tool_messages_are_400(server, gemini, messages, words):
+    response = raw_chat(server, {"model": "gemini-2.5-flash", "messages": messages})
+    assert response.status_code == 400 and words in response.json()["error"]["message"]
+    assert gemini.requests == []
+
+
+def test_refusals_and_empty_assistant_turns_are_dropped(server, gemini):
+    create(server, messages=[QUESTION, {"role": "assistant", "content": [
+        {"type": "refusal", "refusal": "no"}]}, {"role": "assistant", "content": ""},
+        {"role": "user", "content": "again"}])
+    assert [c["role"] for c in posted(gemini)[-1].json["contents"]] == ["user", "user"]
+
+
+def test_a_native_error_body_passes_through_unchanged(server, gemini):
+    details = [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [
+        {"field": "contents[0]", "description": "bad"}]}]
+    gemini.script = lambda r: gemini_error(400, "INVALID_ARGUMENT", "Bad contents.", details)
+    response = requests.post(server.url + "/v1beta/models/gemini-2.5-flash:generateContent",
+                             json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": 400, "message": "Bad contents.",
+                                         "status": "INVALID_ARGUMENT", "details": details}}
+
+
+def test_model_names_in_the_list_route_back_to_their_provider(tmp_path, gemini, openai):
+    gemini.script = lambda r: (
+        Reply(chunks=[json.dumps({"models": [
+            {"name": "models/learnlm-2.0-flash", "supportedGenerationMethods": ["generateContent"]},
+            {"name": "models/gemini-2.5-flash", "supportedGenerationMethods": ["generateContent"]}]
+        }).encode()]) if r.method == "GET" else None)
+    openai.script = lambda r: Reply(chunks=[json.dumps({"object": "list", "data": [
+        {"id": "gemini-lookalike", "object": "model"}]}).encode()]) if r.method == "GET" else None
+    config = chatbridge.load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
+    ids = [m["id"] for m in chatbridge.Service(config).model_list()]
+    assert ids == ["echo", "gemini/learnlm-2.0-flash", "gemini-2.5-flash", "zju/gemini-lookalike"]
+    for name in ids[1:]:
+        assert chatbridge.resolve_model(name, config)[0] == ("zju" if "zju/" in name else "gemini")
+
+
+def test_a_failed_model_list_falls_back_to_each_providers_own_default(tmp_path, gemini, openai):
+    openai.script = lambda r: Reply(status=500, chunks=[b'{"error": {"message": "down"}}'])
+    config = chatbridge.load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
+    service = chatbridge.Service(config)
+    assert [m["id"] for m in service.model_list()][-1] == "deepseek-r1-671b"
+    assert service.models_cache["zju"][0] - time.monotonic() <= 60, "a failure is retried soon"
