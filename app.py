@@ -34,7 +34,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial, wraps
 from datetime import datetime, timedelta, timezone, UTC
@@ -1177,7 +1177,7 @@ class NativeCall:
 def parse_native_call(target: str, method: str, query: dict, body: bytes,
                       config: Config) -> ChatRequest:
     """A Gemini REST call (models/{model}:{action}, a model, or the list) for the key pool;
-    the client's own key (?key=) is never passed on."""
+    the client's own key (a key= query parameter) is never passed on."""
     model, _, action = target.partition(":")
     if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
             method == "POST" and not action):
@@ -2156,12 +2156,7 @@ class Service:
 
     def open_native_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
         """Gemini's stream, unchanged; an SSE stream must first show an event that is no error."""
-        response = self.send_native(chat, key, stream=True)
-        cancel.track(response)
-        try:
-            if response.status_code != 200:
-                raise classify_failure(response.status_code, read_error_body(response),
-                                       response.headers)
+        with upstream_stream(self.send_native(chat, key, stream=True), cancel) as response:
             if chat.native.query.get("alt") != "sse":  # the JSON-array form, relayed as it comes
                 return Answer([], (Delta("bytes", chunk) for chunk in iter_body(response)),
                               response)
@@ -2170,9 +2165,6 @@ class Service:
             rest = (Delta("event", p) if kind == "data" else Delta("bytes", p.encode() + b"\n")
                     for kind, p in events)
             return Answer([head], rest, response)
-        except BaseException:
-            close_upstream(response)
-            raise
 
     def model_list(self) -> list:
         """/v1/models: echo, the Gemini models the keys can use, the other upstream's models."""
@@ -2226,19 +2218,11 @@ class Service:
 
     def open_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
         """Open a streaming answer and read up to its first content, or raise a failure."""
-        response = self.post(chat, key, stream=True)
-        cancel.track(response)
-        try:
-            if response.status_code != 200:
-                raise classify_failure(response.status_code, read_error_body(response),
-                                       response.headers)
+        with upstream_stream(self.post(chat, key, stream=True), cancel) as response:
             rest = iter_deltas(iter_sse_data(iter_body(response)), ADAPTERS[chat.provider][1])
             note = partial(self.pools[chat.provider].note_attempt, key, chat.model,
                            new_attempt=False)
             return Answer(read_until_content(rest, chat.shape == "v1"), rest, response, note)
-        except BaseException:
-            close_upstream(response)
-            raise
 
     def fetch_completion(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> dict:
         """A whole (non-streaming) answer as an OpenAI chat.completion object."""
@@ -2320,6 +2304,21 @@ class Service:
         if chat.provider == "echo":
             return completion_from_deltas(echo_deltas(chat), chat.model)
         return self.with_failover(chat, plan, self.fetch_completion, cancel, record)
+
+
+@contextmanager
+def upstream_stream(response: requests.Response, cancel: Cancel):
+    """A streaming upstream response that answered 200, closed if anything fails while it is
+    being opened (a status other than 200 becomes a classified failure)."""
+    cancel.track(response)
+    try:
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, read_error_body(response),
+                                   response.headers)
+        yield response
+    except BaseException:
+        close_upstream(response)
+        raise
 
 
 def first_native_event(events: Iterator) -> Delta:
@@ -2453,7 +2452,7 @@ def api_flavor() -> str:
 
 
 def google_auth() -> bool:
-    """Whether the client authenticates the Google way (x-goog-api-key or ?key=)."""
+    """Whether the client authenticates the Google way (x-goog-api-key, or a key= parameter)."""
     return "x-goog-api-key" in request.headers or "key" in request.args
 
 
