@@ -74,6 +74,7 @@ PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src
 MODEL_LIST_SECONDS = 600
 TEXT_KINDS = ("text", "reasoning")
 CONTENT_KINDS = TEXT_KINDS + ("tool_call",)  # what counts as an answer having started
+FIRST_TOKEN_KINDS = CONTENT_KINDS + ("event", "bytes")  # passed-through Gemini streams too
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
 FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
@@ -2007,7 +2008,7 @@ class Service:
                 if item is PING:
                     yield writer.ping
                     continue
-                if item.kind in CONTENT_KINDS + ("event", "bytes"):
+                if item.kind in FIRST_TOKEN_KINDS:
                     record.mark_first_token()
                 if item.kind == "text" and on_success:
                     texts.append(item.value)
@@ -2566,9 +2567,12 @@ def log_when_done(response: Response) -> Response:
     return response
 
 
-def stream_response(stream: Iterator, writer: StreamWriter) -> Response:
-    return Response(stream, content_type=writer.content_type, headers={
+def stream_response(stream: Iterator, writer: StreamWriter, cancel: Cancel) -> Response:
+    """A streamed answer; closing it (even before its first byte) stops the upstream work."""
+    response = Response(stream, content_type=writer.content_type, headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **writer.headers})
+    response.call_on_close(cancel.cancel)
+    return response
 
 
 def read_json_body() -> dict:
@@ -2626,9 +2630,7 @@ def chat():
         source = svc.stream_answer(chat_request, plan, cancel, record).deltas()
         writer = ChunkWriter(chat_request.model) if chat_request.shape == "B" else \
             UIMessageWriter()
-    response = stream_response(svc.relay(source, writer, record, cancel, remember), writer)
-    response.call_on_close(cancel.cancel)
-    return response
+    return stream_response(svc.relay(source, writer, record, cancel, remember), writer, cancel)
 
 
 def lazy_answer(svc: Service, chat_request: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
@@ -2649,9 +2651,7 @@ def chat_completions():
     answer = svc.stream_answer(chat_request, plan, cancel, record)
     writer = ChunkWriter(chat_request.model, gateway=True,
                          include_usage=chat_request.include_usage)
-    response = stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer)
-    response.call_on_close(cancel.cancel)
-    return response
+    return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
 @bp.get("/v1/models")
@@ -2689,9 +2689,7 @@ def gemini_native(target: str):
         return svc.with_failover(chat_request, plan, svc.fetch_native, cancel, record)
     answer = svc.with_failover(chat_request, plan, svc.open_native_stream, cancel, record)
     writer = GeminiWriter(sse_events=chat_request.native.query.get("alt") == "sse")
-    response = stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer)
-    response.call_on_close(cancel.cancel)
-    return response
+    return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
 def note_request(chat_request: ChatRequest) -> RequestLog:
