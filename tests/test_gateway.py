@@ -13,7 +13,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from openai import AsyncOpenAI, OpenAI
 
-import app as chatbridge
+from chatbridge.config import load_config
+from chatbridge.service import Service
 from tests.conftest import GEMINI_KEYS, ZJU_KEYS, free_port, upstream_env
 from tests.fakes import (
     Reply,
@@ -723,16 +724,17 @@ def test_model_names_in_the_list_route_back_to_their_provider(tmp_path, gemini, 
         }).encode()]) if r.method == "GET" else None)
     openai.script = lambda r: Reply(chunks=[json.dumps({"object": "list", "data": [
         {"id": "gemini-lookalike", "object": "model"}]}).encode()]) if r.method == "GET" else None
-    config = chatbridge.load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
-    ids = [m["id"] for m in chatbridge.Service(config).model_list()]
+    config = load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
+    service = Service(config)
+    ids = [name for name, _ in service.model_list()]
     assert ids == ["echo", "gemini/learnlm-2.0-flash", "gemini-2.5-flash", "zju/gemini-lookalike"]
     for name in ids[1:]:
-        assert chatbridge.resolve_model(name, config)[0] == ("zju" if "zju/" in name else "gemini")
+        assert service.providers.resolve(name)[0] == ("zju" if "zju/" in name else "gemini")
 
 
 def test_a_failed_model_list_falls_back_to_each_providers_own_default(tmp_path, gemini, openai):
     openai.script = lambda r: Reply(status=500, chunks=[b'{"error": {"message": "down"}}'])
-    config = chatbridge.load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
-    service = chatbridge.Service(config)
-    assert [m["id"] for m in service.model_list()][-1] == "deepseek-r1-671b"
+    config = load_config({**upstream_env(gemini, openai), "TEMP_DATA_DIR": str(tmp_path)})
+    service = Service(config)
+    assert [name for name, _ in service.model_list()][-1] == "deepseek-r1-671b"
     assert service.models_cache["zju"][0] - time.monotonic() <= 60, "a failure is retried soon"

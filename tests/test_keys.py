@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import app as chatbridge
+from chatbridge.keys import next_pacific_midnight
+from chatbridge.state import FileStateStore
 from tests.client import events, post_chat, shape_a_text
 from tests.conftest import GEMINI_KEYS, ZJU_KEYS, upstream_env
 from tests.fakes import (
@@ -40,7 +41,7 @@ def test_rotation_counts_are_exact_across_workers(server, gemini):
 
 
 def take_turns(directory, count, results):
-    store = chatbridge.FileStateStore(directory)
+    store = FileStateStore(directory)
     results.extend([store.take_turn("gemini")[0] for _ in range(count)])
 
 
@@ -58,7 +59,7 @@ def test_counter_is_shared_by_processes(tmp_path):
 
 def test_a_corrupt_counter_starts_again_at_zero(tmp_path):
     (tmp_path / "keys-gemini.json").write_text("{half a file")
-    assert chatbridge.FileStateStore(tmp_path).take_turn("gemini") == (0, {})
+    assert FileStateStore(tmp_path).take_turn("gemini") == (0, {})
 
 
 def test_429_fails_over_and_cools_the_key_for_that_model_only(server, gemini):
@@ -160,7 +161,7 @@ def test_per_day_quota_cools_until_midnight_pacific(server, gemini):
     gemini.script = lambda r: gemini_429(None, per_day=True)
     response = ask(server)
     assert response.status_code == 429
-    expected = chatbridge.next_pacific_midnight(time.time()) - time.time()
+    expected = next_pacific_midnight(time.time()) - time.time()
     assert abs(int(response.headers["Retry-After"]) - expected) < 5
     assert ask(server).status_code == 429
     assert len(gemini.requests) == 3

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import app as chatbridge
+from chatbridge.state import FileStateStore, MemoryStateStore, RedisStateStore
 from tests.client import events, post_chat, shape_a_text
 from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, REPO, ZJU_KEYS, free_port, upstream_env
 from tests.fakes import Reply, gemini_429, gemini_midstream_error, gemini_stream
@@ -167,7 +167,7 @@ def test_an_unknown_file_id_is_404(server, gemini):
 
 
 def take_turns_forever(directory):
-    store = chatbridge.FileStateStore(directory)
+    store = FileStateStore(directory)
     while True:
         store.take_turn("gemini")
         store.note_attempt("gemini", "k", {"quota|g|m": time.time() + 60}, "rate_limit: x")
@@ -186,7 +186,7 @@ def test_a_writer_killed_mid_write_leaves_the_state_readable(tmp_path):
         for name in ("keys-gemini.json", f"chat-{CHAT}.json"):
             if (tmp_path / name).exists():
                 json.loads((tmp_path / name).read_text())
-    store = chatbridge.FileStateStore(tmp_path)
+    store = FileStateStore(tmp_path)
     turn, marks = store.take_turn("gemini")
     assert turn > 0 and "quota|g|m" in marks
     assert 0 < len(store.load_chat(CHAT)["turns"]) <= 50
@@ -289,8 +289,8 @@ def test_cached_uploads_expire(guarded, gemini):
 
 def test_chats_expire_after_their_ttl(tmp_path, redis_server):
     redis_server.client.flushall()
-    for store in (chatbridge.FileStateStore(tmp_path), chatbridge.RedisStateStore(redis_server.url),
-                  chatbridge.MemoryStateStore()):
+    for store in (FileStateStore(tmp_path), RedisStateStore(redis_server.url),
+                  MemoryStateStore()):
         store.append_chat(CHAT, "", [{"role": "user", "content": "x"}], 50, 1)
         assert store.load_chat(CHAT)["turns"] == [{"role": "user", "content": "x"}]
         time.sleep(1.1)
@@ -355,21 +355,21 @@ def test_files_of_a_stored_conversation_are_kept(server, gemini):
 def test_deleting_chats_never_breaks_the_locks(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         deleter = pool.submit(delete_chats, tmp_path, 1.5)
-        turns = pool.map(lambda _: [chatbridge.FileStateStore(tmp_path).take_turn("gemini")[0]
+        turns = pool.map(lambda _: [FileStateStore(tmp_path).take_turn("gemini")[0]
                                     for _ in range(150)], range(3))
         assert sorted(t for batch in turns for t in batch) == list(range(450))
         deleter.result()
 
 
 def delete_chats(directory, seconds_):
-    store, end = chatbridge.FileStateStore(directory), time.monotonic() + seconds_
+    store, end = FileStateStore(directory), time.monotonic() + seconds_
     while time.monotonic() < end:
         store.append_chat(CHAT, "", [{"role": "user", "content": "x"}], 5, 60)
         store.delete_chat(CHAT)
 
 
 def test_expired_documents_are_swept(tmp_path):
-    store = chatbridge.FileStateStore(tmp_path)
+    store = FileStateStore(tmp_path)
     store.append_chat(CHAT, "", [{"role": "user", "content": "x"}], 5, 0.5)
     time.sleep(0.6)
     store.swept = 0

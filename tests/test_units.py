@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-import app as chatbridge
+from chatbridge import config, errors, sse
+from chatbridge.redaction import Redactor
+from chatbridge.transport import Transport
+from chatbridge.upstreams import Registry
+from chatbridge.upstreams.base import iter_deltas
+from chatbridge.upstreams.gemini import gemini_deltas
+from chatbridge.upstreams.openai_compat import openai_deltas
 from tests.fakes import gemini_429, gemini_events, gemini_invalid_key
 
 SAMPLE = ('data: {"t": "a\u2028b"}\r\n\r\n: comment\r\ndata: {"t": "سلام 🌍"}\n\n'
@@ -14,18 +20,18 @@ EXPECTED = [("data", '{"t": "a\u2028b"}'), ("data", '{"t": "سلام 🌍"}'), (
 
 @pytest.mark.parametrize("cut", range(len(SAMPLE) + 1))
 def test_sse_reader_survives_a_split_at_any_byte(cut):
-    assert list(chatbridge.iter_sse_data([SAMPLE[:cut], SAMPLE[cut:]])) == EXPECTED
+    assert list(sse.iter_sse_data([SAMPLE[:cut], SAMPLE[cut:]])) == EXPECTED
 
 
 def test_sse_reader_survives_one_byte_reads():
-    assert list(chatbridge.iter_sse_data(SAMPLE[i:i + 1] for i in range(len(SAMPLE)))) == EXPECTED
+    assert list(sse.iter_sse_data(SAMPLE[i:i + 1] for i in range(len(SAMPLE)))) == EXPECTED
 
 
 def test_sse_reader_keeps_a_raw_json_tail_and_a_last_event_without_blank_line():
     body = b'data: {"a": 1}\n\n{\n  "error": {"code": 503}\n}\n'
-    assert list(chatbridge.iter_sse_data([body])) == [
+    assert list(sse.iter_sse_data([body])) == [
         ("data", '{"a": 1}'), ("raw", '{\n  "error": {"code": 503}\n}')]
-    assert list(chatbridge.iter_sse_data([b"data: end"])) == [("data", "end")]
+    assert list(sse.iter_sse_data([b"data: end"])) == [("data", "end")]
 
 
 def test_gemini_translator_concatenates_parts_and_maps_finish_and_usage():
@@ -34,11 +40,11 @@ def test_gemini_translator_concatenates_parts_and_maps_finish_and_usage():
         {"functionCall": {}}]}, "finishReason": "MAX_TOKENS"}],
         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4,
                           "thoughtsTokenCount": 2, "totalTokenCount": 9}}
-    assert chatbridge.gemini_deltas(event) == [
+    assert gemini_deltas(event) == [
         ("usage", {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}),
         ("reasoning", "Th"), ("text", "AB"), ("finish", "length")]
-    assert chatbridge.gemini_deltas({"candidates": [{"content": {"role": "model"}}]}) == []
-    assert chatbridge.gemini_deltas({"candidates": [{"finishReason": "SAFETY"}]}) == [
+    assert gemini_deltas({"candidates": [{"content": {"role": "model"}}]}) == []
+    assert gemini_deltas({"candidates": [{"finishReason": "SAFETY"}]}) == [
         ("finish", "content_filter")]
 
 
@@ -47,7 +53,7 @@ def test_old_gemini_models_with_stop_on_every_chunk_still_stream_everything():
     for chunk in chunks:
         chunk["candidates"][0]["finishReason"] = "STOP"
     events = [("data", json.dumps(chunk)) for chunk in chunks]
-    deltas = list(chatbridge.iter_deltas(events, chatbridge.gemini_deltas))
+    deltas = list(iter_deltas(events, gemini_deltas))
     assert [d.value for d in deltas if d.kind == "text"] == ["a", "b", "c"]
     assert deltas[-1] == ("finish", "stop")
 
@@ -55,8 +61,8 @@ def test_old_gemini_models_with_stop_on_every_chunk_still_stream_everything():
 def test_openai_translator_reads_reasoning_content_and_ignores_null_content():
     chunk = {"choices": [{"delta": {"content": None, "reasoning_content": "hm"},
                           "finish_reason": None}], "usage": None}
-    assert chatbridge.openai_deltas(chunk) == [("reasoning", "hm")]
-    assert chatbridge.openai_deltas({"choices": [], "usage": {"total_tokens": 3}}) == [
+    assert openai_deltas(chunk) == [("reasoning", "hm")]
+    assert openai_deltas({"choices": [], "usage": {"total_tokens": 3}}) == [
         ("usage", {"total_tokens": 3})]
 
 
@@ -65,7 +71,7 @@ def test_openai_translator_reads_reasoning_content_and_ignores_null_content():
     (gemini_invalid_key(), "invalid_key"),
 ])
 def test_gemini_errors_are_classified(reply, kind):
-    failure = chatbridge.classify_failure(reply.status, json.loads(b"".join(reply.chunks)))
+    failure = errors.classify_failure(reply.status, json.loads(b"".join(reply.chunks)))
     assert failure.kind == kind
     if kind == "rate_limit":
         assert failure.retry_after == 41.5 and not failure.per_day
@@ -74,23 +80,23 @@ def test_gemini_errors_are_classified(reply, kind):
 @pytest.mark.parametrize("status, body, kind", [
     (401, {"error": {"message": "bad key", "code": "invalid_api_key"}}, "invalid_key"),
     (403, None, "invalid_key"),
-    (400, [{"error": {"message": "Please use a valid role: user, model."}}], "request"),
-    (404, {"error": {"message": "model not found"}}, "request"),
+    (400, [{"error": {"message": "Please use a valid role: user, model."}}], "rejected"),
+    (404, {"error": {"message": "model not found"}}, "rejected"),
     (502, "<html>bad gateway</html>", "server"),
 ])
 def test_http_errors_are_classified(status, body, kind):
-    assert chatbridge.classify_failure(status, body).kind == kind
+    assert errors.classify_failure(status, body).kind == kind
 
 
 def test_retry_after_comes_from_retry_info_then_header_then_default():
     per_day = json.loads(b"".join(gemini_429(None, per_day=True).chunks))["error"]
-    assert chatbridge.per_day_quota(per_day)
-    assert chatbridge.retry_delay({}, {"Retry-After": "7"}) == 7
-    assert chatbridge.retry_delay({}, {}) == chatbridge.RATE_LIMIT_COOLDOWN
+    assert errors.per_day_quota(per_day)
+    assert errors.retry_delay({}, {"Retry-After": "7"}) == 7
+    assert errors.retry_delay({}, {}) == errors.RATE_LIMIT_COOLDOWN
 
 
 def test_keys_are_trimmed_deduplicated_and_grouped():
-    keys = chatbridge.parse_keys(" a1 , ,b2,a1, team:c3 ,team:d4,")
+    keys = config.parse_keys(" a1 , ,b2,a1, team:c3 ,team:d4,")
     assert [k.secret for k in keys] == ["a1", "b2", "c3", "d4"]
     assert keys[2].group == keys[3].group == "group:team"
     assert len({keys[0].group, keys[1].group, keys[2].group}) == 3
@@ -98,17 +104,17 @@ def test_keys_are_trimmed_deduplicated_and_grouped():
 
 
 def test_config_defaults_and_default_model_choice():
-    assert chatbridge.load_config({}).default_model == "echo"
-    assert chatbridge.load_config({"ZJU_API_KEY": "sk-1"}).default_model == "deepseek-r1-671b"
-    config = chatbridge.load_config({"ZJU_API_KEY": "sk-1", "ALL_GEMINI_API_KEYS": "k",
+    assert config.load_config({}).default_model == "echo"
+    assert config.load_config({"ZJU_API_KEY": "sk-1"}).default_model == "deepseek-r1-671b"
+    settings = config.load_config({"ZJU_API_KEY": "sk-1", "ALL_GEMINI_API_KEYS": "k",
                                      "GEMINI_MODEL": "gemini-3-pro"})
-    assert config.default_model == "gemini-3-pro"
-    assert config.max_upload_bytes == 20 * 1024 * 1024
+    assert settings.default_model == "gemini-3-pro"
+    assert settings.max_upload_bytes == 20 * 1024 * 1024
 
 
 def test_config_names_every_bad_setting():
-    with pytest.raises(chatbridge.ConfigError) as caught:
-        chatbridge.load_config({"PORT": "eighty", "MAX_UPLOAD_MB": "-1", "LOG_LANGUAGE": "de",
+    with pytest.raises(errors.ConfigError) as caught:
+        config.load_config({"PORT": "eighty", "MAX_UPLOAD_MB": "-1", "LOG_LANGUAGE": "de",
                                 "GEMINI_BASE_URL": "ftp://x"})
     for name in ("PORT", "MAX_UPLOAD_MB", "LOG_LANGUAGE", "GEMINI_BASE_URL"):
         assert name in str(caught.value)
@@ -124,13 +130,12 @@ def test_config_names_every_bad_setting():
     (None, ("gemini", "gemini-2.5-flash")),
 ])
 def test_model_routing(name, expected):
-    config = chatbridge.load_config({"ZJU_API_KEY": "sk-1", "ALL_GEMINI_API_KEYS": "k"})
-    assert chatbridge.resolve_model(name, config) == expected
+    settings = config.load_config({"ZJU_API_KEY": "sk-1", "ALL_GEMINI_API_KEYS": "k"})
+    assert Registry(settings, Transport(1, 1)).resolve(name) == expected
 
 
 def test_redaction_masks_configured_and_key_like_strings():
-    config = chatbridge.load_config({"ZJU_API_KEY": "weird-secret-1234", "TEMP_DATA_DIR": "/tmp/cb-units"})
-    service = chatbridge.Service(config)
-    text = service.redact("got weird-secret-1234 and AIzaSyAbcdefghijklmnop and sk-abc***wxyz")
+    settings = config.load_config({"ZJU_API_KEY": "weird-secret-1234"})
+    text = Redactor(settings.secrets).redact("got weird-secret-1234 and AIzaSyAbcdefghijklmnop and sk-abc***wxyz")
     assert "weird-secret" not in text and "AIzaSy" not in text and "sk-abc" not in text
     assert "…1234" in text

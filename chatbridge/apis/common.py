@@ -1,0 +1,92 @@
+"""What every client API module shares: its error handler's plumbing, JSON bodies and
+streamed responses. Each API module renders errors in its own format; this turns whatever
+was raised into a ChatBridgeError first, so no traceback and no key reaches a client."""
+
+from collections.abc import Callable, Iterator
+
+from flask import Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..chat import ChatRequest
+from ..errors import ChatBridgeError, ClientError, NotFound
+from ..logs import RequestLog, log
+from ..relay import Cancel
+from ..service import current_service
+from ..sse import StreamWriter
+
+
+def install_error_handler(scope, render: Callable) -> None:
+    """Render every error raised under scope (a Blueprint, or the app for URLs no blueprint
+    owns) with render(error) -> (JSON-able body or raw bytes, status)."""
+
+    def handle(error: Exception):
+        if isinstance(error, HTTPException) and (error.code is None or error.code < 400):
+            return error  # redirects and the like are not errors
+        error = as_chatbridge_error(error)
+        g.chat_log.outcome = f"error: {error.message}"
+        body, status = render(error)
+        response = Response(body, content_type="application/json") if isinstance(body, bytes) \
+            else jsonify(body)
+        response.status_code = status
+        response.headers.update(error.headers())
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="ChatBridge"'
+        return response
+
+    scope.register_error_handler(Exception, handle)
+
+
+def as_chatbridge_error(error: Exception) -> ChatBridgeError:
+    """Any exception as one of ours: werkzeug's 4xx keep their status, anything else is a
+    logged 500 that says nothing more."""
+    if isinstance(error, ChatBridgeError):
+        return error
+    if isinstance(error, HTTPException):
+        return http_error(error)
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return ChatBridgeError("internal server error")
+
+
+def http_error(error: HTTPException) -> ChatBridgeError:
+    """werkzeug's own errors (404, 405, 413, 415 …) with a message naming the problem."""
+    if error.code == 404:
+        return no_endpoint()
+    messages = {
+        405: f"{request.method} is not allowed on {request.path}",
+        413: f"the request body is larger than the "
+             f"{current_service().config.max_upload_mb:g} MB file limit allows",
+    }
+    allow = dict(error.get_headers()).get("Allow")
+    return ClientError(messages.get(error.code, error.description or error.name), error.code,
+                       headers={"Allow": allow} if allow else None)
+
+
+def no_endpoint() -> NotFound:
+    return NotFound(f"no such endpoint: {request.method} {request.path}")
+
+
+def read_json_body() -> dict:
+    """The request's JSON object body, or a clear 415/400."""
+    if not request.is_json:
+        raise ClientError("Content-Type must be application/json", 415)
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ClientError("the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ClientError("the body must be a JSON object")
+    return body
+
+
+def note_request(chat: ChatRequest) -> RequestLog:
+    """Put what the request asks for on its log line."""
+    record = g.chat_log
+    record.shape, record.provider, record.model = chat.shape, chat.provider, chat.model
+    return record
+
+
+def stream_response(stream: Iterator, writer: StreamWriter, cancel: Cancel) -> Response:
+    """A streamed answer; closing it (even before its first byte) stops the upstream work."""
+    response = Response(stream, content_type=writer.content_type, headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **writer.headers})
+    response.call_on_close(cancel.cancel)
+    return response

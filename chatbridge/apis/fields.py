@@ -1,0 +1,80 @@
+"""Validating the fields of client requests, shared by the client API parsers.
+
+Every check names the field and what it must be, as a 400 (413 for a file over
+MAX_UPLOAD_MB), before any upstream is contacted.
+"""
+
+import base64
+import binascii
+import mimetypes
+import re
+from typing import Any
+
+from ..chat import Attachment
+from ..config import Config
+from ..errors import ClientError
+
+MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+CHAT_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+DATA_URL = re.compile(r"data:([^;,]*)(?:;[^,]*)?;base64,(.*)", re.S)
+
+
+def optional(body: dict, name: str, kind, check=None, hint="") -> Any:
+    """A field's value if present and valid; None if absent or null; else a 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    valid = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not valid or (check and not check(value)):
+        raise ClientError(f"'{name}' must be {hint}")
+    return value
+
+
+def model_field(body: dict, registry) -> tuple:
+    """(provider name, model) for the request's `model` (or the default); a 400 for a
+    malformed name or a provider without keys (chatbridge.upstreams.Registry.resolve)."""
+    model = optional(body, "model", str, lambda v: bool(MODEL_NAME.fullmatch(v.strip())),
+                     "a model name of 1 to 200 printable characters")
+    return registry.resolve(model)
+
+
+def temperature_field(body: dict) -> float | None:
+    return optional(body, "temperature", (int, float), lambda v: 0 <= v <= 2,
+                    "a number from 0 to 2")
+
+
+def positive_field(body: dict, name: str) -> int | None:
+    return optional(body, name, int, lambda v: v > 0, "a positive integer")
+
+
+def stream_field(body: dict) -> bool:
+    return bool(optional(body, "stream", bool, hint="true or false"))
+
+
+def checked_file(mime_type: str, data: str, filename: str, where: str,
+                 config: Config) -> Attachment:
+    """A file whose base64 data is valid and within MAX_UPLOAD_MB."""
+    if len(data) * 3 // 4 > config.max_upload_bytes + 2:
+        raise ClientError(f"the file in {where} is larger than {config.max_upload_mb:g} MB", 413)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError(f"the file in {where} is not valid base64") from None
+    return Attachment(mime_type.strip().lower() or guess_mime(filename), data, filename)
+
+
+def data_url_file(part: dict, where: str, config: Config) -> Attachment:
+    """A file sent as {url: "data:...;base64,...", mediaType?, filename?} (useChat's file
+    parts, OpenAI's image_url)."""
+    url = part.get("url")
+    match = DATA_URL.fullmatch(url) if isinstance(url, str) else None
+    if not match:
+        raise ClientError(f"the file in {where} must be sent as a base64 data: URL")
+    media_type = part.get("mediaType") if isinstance(part.get("mediaType"), str) else ""
+    filename = part.get("filename") if isinstance(part.get("filename"), str) else ""
+    return checked_file(media_type or match.group(1), match.group(2), filename, where, config)
+
+
+def guess_mime(filename: str) -> str:
+    """A content type from a file name, for uploads that name none."""
+    return mimetypes.guess_type(filename or "")[0] or "application/octet-stream"

@@ -1,0 +1,125 @@
+"""Google's Gemini REST API passed through with the key pool, under /v1beta (and under /v1,
+which recent google-genai releases use): generateContent, streamGenerateContent (SSE with
+alt=sse, else one JSON array), countTokens, a model, the model list. Bodies and answers pass
+unchanged, thought signatures included; the client's own key (`key=` or x-goog-api-key) is
+its ChatBridge access token and never goes upstream.
+
+Errors have Google's shape {"error": {"code", "message", "status"}}; an error the upstream
+answered with (the request's own fault) passes through as Gemini wrote it, keys masked.
+"""
+
+import json
+
+from flask import Blueprint, Response, request
+
+from ..auth import require_access_token
+from ..chat import ChatRequest, Delta
+from ..config import Config
+from ..errors import ChatBridgeError, ModelNotFound, UpstreamError
+from ..relay import Cancel
+from ..service import current_service
+from ..sse import StreamWriter, sse
+from ..upstreams import NativeCall
+from .common import install_error_handler, no_endpoint, note_request, stream_response
+from .fields import MODEL_NAME
+
+bp = Blueprint("gemini", __name__)
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                   404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
+                   415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                   502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+@bp.get("/v1beta/models", defaults={"target": ""})
+@bp.route("/v1beta/models/<path:target>", methods=["GET", "POST"])
+@bp.post("/v1/models/<path:target>")
+def gemini_native(target: str):
+    """Gemini's REST call models/{target} through the key pool."""
+    svc = current_service()
+    chat = parse_call(target, request.method, request.args, request.get_data(), svc.config)
+    record = note_request(chat)
+    plan, cancel = svc.reserve(chat), Cancel()
+    gemini = svc.providers[chat.provider]
+    call = chat.native
+    if not chat.stream:
+        content, content_type = svc.failover(
+            chat, plan, lambda key: gemini.fetch_native(call, key, cancel), cancel, record)
+        return Response(content, content_type=content_type)
+    answer = svc.failover(chat, plan, lambda key: gemini.open_native_stream(call, key, cancel),
+                          cancel, record)
+    writer = GeminiWriter(sse_events=call.query.get("alt") == "sse")
+    return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
+
+
+@bp.route("/v1beta/<path:rest>", methods=ANY_METHOD)
+def unknown(rest: str):
+    """Any other /v1beta URL: a 404 in Google's shape."""
+    raise no_endpoint()
+
+
+def parse_call(target: str, method: str, query: dict, body: bytes, config: Config) -> ChatRequest:
+    """A Gemini REST call (models/{model}:{action}, a model, or the list) for the key pool;
+    the client's own key (a key= query parameter) is never passed on."""
+    model, _, action = target.partition(":")
+    if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
+            method == "POST" and not action):
+        raise no_endpoint()
+    if not config.gemini_keys:
+        raise ModelNotFound("Gemini models are served with ALL_GEMINI_API_KEYS, which is not set")
+    call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)
+    return ChatRequest(shape="native", provider="gemini", model=model or "*", turns=[],
+                       stream=action == "streamGenerateContent", native=call)
+
+
+def render_error(error: ChatBridgeError) -> tuple:
+    """An error as Google's API writes it; the upstream's own error body when it sent one."""
+    status = google_status(error)
+    rejected = isinstance(error, UpstreamError) and error.kind == "rejected"
+    if rejected and error.body:
+        return error.body, status
+    return {"error": {"code": status, "message": error.message,
+                      "status": GOOGLE_STATUSES.get(status, "UNKNOWN")}}, status
+
+
+def google_status(error: ChatBridgeError) -> int:
+    """A model nobody serves is 404; a refused request keeps the upstream's status; an
+    upstream that failed every key is 502."""
+    if isinstance(error, ModelNotFound):
+        return 404
+    if isinstance(error, UpstreamError) and error.kind == "rejected":
+        return error.upstream_status or 400
+    if isinstance(error, UpstreamError) and error.status == 500:
+        return 502
+    return error.status
+
+
+install_error_handler(bp, render_error)
+bp.before_request(require_access_token)
+
+
+class GeminiWriter(StreamWriter):
+    """Gemini's own stream passed through: its SSE events, or its JSON-array form, unchanged.
+
+    No pings: google-genai reads any line that is not data as JSON.
+    """
+
+    ping = b""
+
+    def __init__(self, sse_events: bool):
+        self.sse_events, self.written = sse_events, False
+        if not sse_events:
+            self.content_type = "application/json; charset=UTF-8"
+
+    def event(self, delta: Delta) -> bytes:
+        self.written = True
+        if delta.kind == "event":
+            return b"data: " + delta.value.encode() + b"\r\n\r\n"
+        return delta.value if delta.kind == "bytes" else b""
+
+    def error(self, message: str) -> bytes:
+        error = {"error": {"code": 500, "message": message, "status": "INTERNAL"}}
+        if self.sse_events:
+            return sse(error)
+        body = json.dumps(error, ensure_ascii=False).encode()  # closes the JSON array
+        return (b"\n," + body + b"\n]") if self.written else (b"[" + body + b"]")

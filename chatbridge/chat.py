@@ -1,0 +1,102 @@
+"""The neutral chat request and answer that every client API and every provider speaks.
+
+Client APIs (chatbridge/apis/) parse their requests into a ChatRequest and write Deltas in
+their own protocol; providers (chatbridge/upstreams/) turn a ChatRequest into their wire
+format and their events back into Deltas.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+TEXT_KINDS = ("text", "reasoning")
+CONTENT_KINDS = TEXT_KINDS + ("tool_call",)  # what counts as an answer having started
+FIRST_TOKEN_KINDS = CONTENT_KINDS + ("event", "bytes")  # passed-through Gemini streams too
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with a message, as base64."""
+
+    mime_type: str
+    data: str
+    filename: str = ""
+
+    @property
+    def size(self) -> int:
+        """Decoded size in bytes."""
+        return len(self.data) * 3 // 4 - self.data[-2:].count("=")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the conversation: who said it, its text and its files."""
+
+    role: str  # user, assistant, or tool (a function's result)
+    text: str
+    files: tuple = ()
+    file_ids: tuple = ()  # the uploads the files came from, so a stored conversation keeps them
+    tool_calls: tuple = ()  # an assistant's calls: {"id", "name", "arguments", "signature"}
+    tool_call_id: str = ""  # a tool turn answers this call
+    tool_name: str = ""
+    reasoning: str = ""  # an assistant's reasoning_content, which DeepSeek's thinking mode wants back
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat request, whichever API it came in; the last turn is the user's.
+
+    shape names the client API on the log line (A, B, ui, v1, native, models). provider is
+    the name of the provider that serves model (chatbridge.upstreams).
+    """
+
+    shape: str
+    provider: str
+    model: str
+    turns: list
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = True
+    chat_id: str | None = None
+    top_p: float | None = None
+    stop: list | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: Any = None
+    include_usage: bool = False
+    # Settings the client API implies where the request gives none (the Persian source's
+    # temperature 0.7 and 4096 tokens); an upstream whose own defaults its source relied on
+    # (the OpenAI-compatible one, as the ZJU source used it) does not take them.
+    default_settings: dict = field(default_factory=dict)
+    # The client's own fields as sent, for an upstream that speaks the client's API (OpenAI
+    # Chat Completions); None when the client spoke another API.
+    passthrough: dict | None = None
+    # Whether the client API can say "stopped before any text" (OpenAI's finish_reason), so
+    # such an answer is an empty answer, not an error.
+    empty_answers: bool = False
+    native: Any = None  # a NativeCall, for Gemini's own API passed through
+
+    @property
+    def message(self) -> str:
+        return self.turns[-1].text
+
+
+class Delta(NamedTuple):
+    """One neutral piece of an answer.
+
+    kind: text and reasoning (str), tool_call ({"index", "id", "name", "arguments",
+    "signature"}), usage (OpenAI's usage dict), finish (an OpenAI finish_reason), and for
+    Gemini's passed-through API event (an SSE data payload) and bytes (raw body bytes).
+    """
+
+    kind: str
+    value: Any
+
+
+def parse_json(text: Any) -> Any:
+    """Parsed JSON, or None for anything that is not JSON."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,177 @@
+"""Settings: every environment variable ChatBridge reads, parsed and checked once at start.
+
+load_config(environ) is the only reader of the environment; everything else gets the frozen
+Config it returns. An invalid value stops the server at start with one message naming every
+bad setting. The variables and their defaults are listed in README.md, Configuration.
+"""
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+ECHO_MODEL = "echo"
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # where app.py, templates/ and static/ live
+NUMBER_NAMES = {int: "a whole number", float: "a number"}
+
+
+def fingerprint(secret: str) -> str:
+    """A stable name for a key or token that is safe to write to shared state."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One upstream key; its secret never appears in repr, logs or files."""
+
+    secret: str = field(repr=False)
+    group: str  # keys of one Google project share a quota group
+
+    @property
+    def id(self) -> str:
+        return fingerprint(self.secret)
+
+    @property
+    def suffix(self) -> str:
+        """What logs may show of the key: its last four characters."""
+        return "…" + self.secret[-4:]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, parsed and checked once at start (times in seconds unless named)."""
+
+    gemini_keys: tuple = ()
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_model: str = "gemini-2.5-flash"
+    zju_keys: tuple = ()
+    zju_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
+    default_model: str = ECHO_MODEL
+    port: int = 5000
+    cors_origins: tuple = ("*",)
+    temp_data_dir: Path = PROJECT_DIR / "temp_data"
+    max_upload_mb: float = 20.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    key_wait_seconds: float = 5.0
+    ping_seconds: float = 15.0
+    log_language: str = "en"
+    redis_url: str = ""
+    access_tokens: tuple = field(default=(), repr=False)
+    admin_token: str = field(default="", repr=False)
+    chat_max_turns: int = 50
+    chat_ttl_hours: float = 72.0
+    upload_ttl_minutes: float = 60.0
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def secrets(self) -> list:
+        """Every key and token the service holds, for redaction."""
+        tokens = list(self.access_tokens) + ([self.admin_token] if self.admin_token else [])
+        return [key.secret for key in self.gemini_keys + self.zju_keys] + tokens
+
+
+def parse_keys(raw: str) -> tuple:
+    """Split a comma-separated key list; `group:key` entries share a quota group."""
+    keys, seen = [], set()
+    for entry in raw.split(","):
+        group, _, secret = entry.rpartition(":")
+        group, secret = group.strip(), secret.strip()
+        if secret and secret not in seen:
+            seen.add(secret)
+            keys.append(ApiKey(secret, f"group:{group}" if group else fingerprint(secret)))
+    return tuple(keys)
+
+
+class Settings:
+    """Reads named settings from an environment, collecting every problem instead of stopping."""
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.problems = []
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.environ.get(name, "").strip() or default
+
+    def items(self, name: str, default: str = "") -> tuple:
+        """A comma-separated list, trimmed, without empty entries or repeats."""
+        raw = self.environ.get(name, default)
+        return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+
+    def number(self, name: str, default, minimum: float = 0.0, kind=float):
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or not math.isfinite(value):
+            self.problems.append(f"{name} must be {NUMBER_NAMES[kind]} of at least {minimum:g}, "
+                                 f"not {raw!r}")
+            return default
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name).rstrip("/") or default
+        if not re.match(r"https?://", value):
+            self.problems.append(f"{name} must start with http:// or https://, not {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple) -> str:
+        """One of choices, case-insensitive; the first when unset."""
+        value = self.text(name).lower() or choices[0]
+        if value not in choices:
+            self.problems.append(f"{name} must be {' or '.join(map(repr, choices))}, not {value!r}")
+            return choices[0]
+        return value
+
+    def redis_url(self, name: str) -> str:
+        value = self.text(name)
+        if value and not re.match(r"(rediss?|unix)://", value):
+            self.problems.append(f"{name} must start with redis://, rediss:// or unix://")
+        return value
+
+
+def load_config(environ=None) -> Config:
+    """Build the Config from environment variables (os.environ unless given), naming every
+    problem at once in a ConfigError."""
+    settings = Settings(os.environ if environ is None else environ)
+    gemini_keys = parse_keys(settings.text("ALL_GEMINI_API_KEYS"))
+    zju_keys = parse_keys(settings.text("ZJU_API_KEY"))
+    gemini_model = settings.text("GEMINI_MODEL", Config.gemini_model)
+    fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if zju_keys else ECHO_MODEL
+    data_dir = settings.text("TEMP_DATA_DIR")
+    config = Config(
+        gemini_keys=gemini_keys,
+        gemini_base_url=settings.url("GEMINI_BASE_URL", Config.gemini_base_url),
+        gemini_model=gemini_model,
+        zju_keys=zju_keys,
+        zju_base_url=settings.url("ZJU_BASE_URL", Config.zju_base_url),
+        default_model=settings.text("DEFAULT_MODEL", fallback_model),
+        port=settings.number("PORT", 5000, 1, int),
+        cors_origins=settings.items("CORS_ORIGINS", "*") or ("*",),
+        temp_data_dir=Path(data_dir) if data_dir else Config.temp_data_dir,
+        max_upload_mb=settings.number("MAX_UPLOAD_MB", 20.0, 0.001),
+        connect_timeout=settings.number("UPSTREAM_CONNECT_TIMEOUT", 10.0, 0.1),
+        read_timeout=settings.number("UPSTREAM_READ_TIMEOUT", 300.0, 0.1),
+        key_wait_seconds=settings.number("KEY_WAIT_SECONDS", 5.0),
+        ping_seconds=settings.number("SSE_PING_SECONDS", 15.0, 0.05),
+        log_language=settings.choice("LOG_LANGUAGE", ("en", "fa")),
+        redis_url=settings.redis_url("REDIS_URL"),
+        access_tokens=settings.items("ACCESS_TOKENS"),
+        admin_token=settings.text("ADMIN_TOKEN"),
+        chat_max_turns=settings.number("CHAT_MAX_TURNS", 50, 2, int),
+        chat_ttl_hours=settings.number("CHAT_TTL_HOURS", 72.0, 0.001),
+        upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
+    )
+    if settings.problems:
+        raise ConfigError("invalid settings: " + "; ".join(settings.problems))
+    return config

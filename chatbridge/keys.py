@@ -1,0 +1,217 @@
+"""The key pool: rotation, cooldowns, reservation and failover, one pool per provider.
+
+The rules, in the order a request meets them:
+1. Rotation. Each provider has one rotation counter in the state store, shared by every
+   worker and instance: request number R starts at key R mod n and tries the keys in order.
+2. Rests. A key that got a 429 rests for that model only, and so does every key of its
+   group (`project:key` in the settings: keys of one Google project share its quota), for
+   the delay the upstream gave (RetryInfo, else Retry-After, else 60 s); a per-day quota
+   rests it until midnight Pacific, when Gemini resets it. A key rejected as invalid (401,
+   403, API_KEY_INVALID) rests for an hour for every model. Rests are marks in the state
+   store, so every worker skips the key.
+3. Reservation. A request whose keys all rest waits up to KEY_WAIT_SECONDS for the first to
+   come back, else gets 429 with Retry-After at once, so the upstream is not hammered; when
+   every key rests as invalid it gets 503.
+4. Failover. A request tries its keys in order until one gives a usable answer; it fails
+   over on every UpstreamError kind but `rejected` (the request's own fault, returned at once
+   without blaming the key). Once the client has seen content, there is no failover: the
+   stream ends with an error instead.
+5. Counting. Every attempt counts against its key (requests, failures, last error, last
+   use), shown by GET /api/keys with only the key's last four characters.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .config import ApiKey
+from .errors import NoKeyAvailable, UpstreamError
+from .logs import RequestLog, log
+from .redaction import Redactor
+from .state import StateStore
+
+INVALID_KEY_COOLDOWN = 3600.0  # seconds
+
+
+def next_pacific_midnight(now: float) -> float:
+    """When Gemini's per-day quotas reset: the next midnight in California (epoch seconds)."""
+    try:
+        zone = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:
+        zone = timezone(timedelta(hours=-8))
+    local = datetime.fromtimestamp(now, zone)
+    return (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def quota_mark(key: ApiKey, model: str) -> str:
+    return f"quota|{key.group}|{model}"
+
+
+def invalid_mark(key: ApiKey) -> str:
+    return f"invalid|{key.id}"
+
+
+def rest_until(failure: UpstreamError, now: float) -> float:
+    """Until when (epoch seconds) a rate-limited key rests."""
+    return next_pacific_midnight(now) if failure.per_day else now + failure.retry_after
+
+
+@dataclass
+class KeyPlan:
+    """The keys one request may try, in order, and when a cooling one comes back."""
+
+    turn: int
+    keys: list
+    retry_at: float | None = None  # epoch seconds
+    all_invalid: bool = False
+
+
+class KeyPool:
+    """One provider's keys with their shared rotation counter and cooldowns.
+
+    provider is a chatbridge.upstreams Provider (its keys, display_name and key_variable).
+    """
+
+    def __init__(self, provider, store: StateStore, redactor: Redactor, wait_seconds: float):
+        self.provider, self.keys, self.store = provider, provider.keys, store
+        self.redactor = redactor  # errors are stored and logged as clients may see them
+        self.wait_seconds = wait_seconds
+
+    def plan(self, model: str, turn: int | None = None) -> KeyPlan:
+        """Order the usable keys from this request's turn (taking a new turn unless given one)."""
+        if turn is None:
+            turn, marks = self.store.take_turn(self.provider.name)
+        else:
+            marks = self.store.peek(self.provider.name)
+        now = time.time()
+        ordered = [self.keys[(turn + i) % len(self.keys)] for i in range(len(self.keys))]
+        usable, quota_returns = [], []
+        for key in ordered:
+            invalid = marks.get(invalid_mark(key), 0) > now
+            quota = marks.get(quota_mark(key, model), 0)
+            if quota > now and not invalid:
+                quota_returns.append(quota)
+            if not invalid and quota <= now:
+                usable.append(key)
+        return KeyPlan(turn, usable, min(quota_returns, default=None),
+                       not usable and not quota_returns)
+
+    def reserve(self, model: str) -> KeyPlan:
+        """The keys a request may try; waits briefly for a cooling key, else NoKeyAvailable."""
+        plan = self.plan(model)
+        delay = plan.retry_at - time.time() if plan.retry_at else None
+        if not plan.keys and delay is not None and delay <= self.wait_seconds:
+            time.sleep(max(0.0, delay) + 0.01)
+            plan = self.plan(model, plan.turn)
+        if plan.keys:
+            return plan
+        raise self.unavailable(model, plan)
+
+    def unavailable(self, model: str, plan: KeyPlan, detail: str = "") -> NoKeyAvailable:
+        """The error when no key may be tried: every one invalid (503) or resting (429)."""
+        if plan.all_invalid:
+            return NoKeyAvailable(f"every key in {self.provider.key_variable} was rejected as "
+                                  "invalid by the upstream in the last hour" + detail, 503)
+        retry_at = plan.retry_at or time.time() + 1
+        return NoKeyAvailable(f"every {self.provider.display_name} key is rate-limited for "
+                              f"{model}; try again later", retry_after=retry_at - time.time())
+
+    def note_attempt(self, key: ApiKey, model: str, failure: UpstreamError | None = None,
+                     new_attempt: bool = True) -> None:
+        """Count an attempt; rest a rate-limited or invalid key so no worker tries it too soon."""
+        now, marks = time.time(), {}
+        if failure is not None and failure.kind == "rate_limit":
+            marks[quota_mark(key, model)] = rest_until(failure, now)
+        elif failure is not None and failure.kind == "invalid_key":
+            marks[invalid_mark(key)] = now + INVALID_KEY_COOLDOWN
+        if failure is not None and failure.kind == "rejected":
+            failure = None  # the request's own fault does not count against the key
+        error = f"{failure.kind}: {self.redactor.public_text(failure.message)}" if failure else None
+        self.store.note_attempt(self.provider.name, key.id, marks, error, new_attempt)
+
+    def failover(self, plan: KeyPlan, model: str, attempt: Callable, cancel,
+                 record: RequestLog) -> Any:
+        """Try the planned keys in order until attempt(key) gives a usable answer.
+
+        cancel is the request's relay.Cancel; record its log line.
+        """
+        failures, exhausted_groups = [], set()
+        for key in plan.keys:
+            cancel.check()
+            if key.group in exhausted_groups:
+                continue  # keys of one Google project share its quota
+            record.attempts += 1
+            record.key = key.suffix
+            try:
+                answer = attempt(key)
+            except UpstreamError as failure:
+                failure.message = self.redactor.public_text(failure.message)
+                self.note_attempt(key, model, failure)
+                log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,
+                            failure.kind, failure.message)
+                if not failure.failover:
+                    raise self.rejected(failure) from None
+                if failure.kind == "rate_limit":
+                    exhausted_groups.add(key.group)
+                failures.append(failure)
+                continue
+            self.note_attempt(key, model)
+            return answer
+        cancel.check()
+        raise self.give_up(model, plan, failures)
+
+    def rejected(self, failure: UpstreamError) -> UpstreamError:
+        """The error for a request the upstream refused as the request's own fault."""
+        message = failure.message if failure.upstream_status is None else \
+            f"{self.provider.display_name} answered with an error ({failure.upstream_status}): " \
+            f"{failure.message}"
+        body = self.redactor.redact(failure.body.decode("utf-8", "replace")).encode() \
+            if failure.body else None
+        return UpstreamError("rejected", message, failure.upstream_status, body=body)
+
+    def give_up(self, model: str, plan: KeyPlan, failures: list) -> Exception:
+        """The error for a request whose attempts all failed."""
+        kinds = {f.kind for f in failures}
+        if kinds and kinds <= {"rate_limit", "invalid_key"}:
+            detail = f" (last: {failures[-1].message})" if kinds == {"invalid_key"} else ""
+            return self.unavailable(model, self.plan(model, plan.turn), detail)
+        if failures and all(f.kind == "unreachable" for f in failures):
+            return UpstreamError("unreachable", f"could not reach {self.provider.display_name}")
+        last = failures[-1] if failures else UpstreamError("server", "no key could be tried")
+        if last.upstream_status is None:
+            return UpstreamError(last.kind, last.message, status=500)
+        return UpstreamError(last.kind, f"{self.provider.display_name} answered with an error "
+                             f"({last.upstream_status}): {last.message}", last.upstream_status,
+                             status=500)
+
+    def status(self) -> list:
+        """Each key's state and counters, with only its last four characters."""
+        name = self.provider.name
+        marks, stats, now = self.store.peek(name), self.store.key_stats(name), time.time()
+        return [key_status(key, marks, stats.get(key.id, {}), now) for key in self.keys]
+
+
+def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
+    """One key's entry in GET /api/keys."""
+    prefix = quota_mark(key, "")
+    cooling = {name[len(prefix):]: iso_time(until) for name, until in marks.items()
+               if name.startswith(prefix) and until > now}
+    invalid = marks.get(invalid_mark(key), 0)
+    return {
+        "key": key.suffix,
+        "group": key.group.removeprefix("group:") if key.group.startswith("group:") else None,
+        "state": "invalid" if invalid > now else "cooling" if cooling else "ok",
+        "cooling_until": cooling,
+        "invalid_until": iso_time(invalid) if invalid > now else None,
+        "requests": counters.get("requests", 0),
+        "failures": counters.get("failures", 0),
+        "last_error": counters.get("last_error"),
+        "last_used": iso_time(counters["last_used"]) if counters.get("last_used") else None,
+    }

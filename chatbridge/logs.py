@@ -1,0 +1,76 @@
+"""Log lines: one per request, one record per line, level names in English or Persian.
+
+Keys and tokens reach a log line only through chatbridge.redaction; control characters in a
+message (a client's model name, an upstream's error text) are escaped, so nobody can forge
+log lines.
+"""
+
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("chatbridge")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LineFormatter(logging.Formatter):
+    """One record, one line: control characters in the message are written as \\xNN."""
+
+    def formatMessage(self, record):
+        record.message = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
+
+
+class PersianLevelFormatter(LineFormatter):
+    """Prints log levels in Persian, as the Persian source did."""
+
+    LEVELS = {logging.DEBUG: "دیباگ", logging.INFO: "اطلاع", logging.WARNING: "هشدار",
+              logging.ERROR: "خطا", logging.CRITICAL: "بحرانی"}
+
+    def format(self, record):
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = self.LEVELS.get(record.levelno, record.levelname)
+        return super().format(record)
+
+
+def setup_logging(language: str) -> None:
+    """Send the service's log lines to stderr, with level names in English ("en") or Persian ("fa")."""
+    style = PersianLevelFormatter if language == "fa" else LineFormatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(style("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+@dataclass
+class RequestLog:
+    """What the one log line per request reports; filled in as the request goes.
+
+    shape names the request's API: A (`message`) and B (`user_content`) are the two source
+    shapes of /api/chat, ui is useChat's, v1 is OpenAI's chat completions, native is Gemini's
+    own API, models a model list.
+    """
+
+    client: str = "-"
+    shape: str = "-"
+    provider: str = "-"
+    model: str = "-"
+    key: str = "-"
+    attempts: int = 0
+    outcome: str = "ok"
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+    def mark_first_token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+
+    def line(self, method: str, path: str, status: int) -> str:
+        ttft = f"{self.first_token - self.started:.3f}s" if self.first_token else "-"
+        return (f"{self.client} {method} {path} {status} shape={self.shape} "
+                f"provider={self.provider} model={self.model} key={self.key} "
+                f"attempts={self.attempts} ttft={ttft} "
+                f"duration={time.monotonic() - self.started:.3f}s outcome={self.outcome}")

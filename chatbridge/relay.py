@@ -1,0 +1,155 @@
+"""Relaying an answer to the client: the stream pump, heartbeats and cancellation.
+
+Rules:
+- The status is settled before the first byte (the views open the upstream first, except
+  shape A, which fails over inside its stream); once streaming, any failure is one terminal
+  error event in the client's protocol.
+- The upstream is read in its own (green) thread, so a silent upstream cannot hide a
+  departed client: a `: ping` goes out every SSE_PING_SECONDS of silence, and when the
+  client has gone the next write fails and the upstream is closed.
+- A client that goes away, at any point, closes the upstream request, so no tokens are spent
+  for nobody (Cancel).
+"""
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import gevent
+import requests
+from gevent import monkey
+
+from .chat import FIRST_TOKEN_KINDS
+from .errors import ChatBridgeError, ClientGone, UpstreamError
+from .logs import RequestLog, log
+from .sse import PING, StreamWriter
+from .transport import close_upstream
+
+
+class Cancel:
+    """Lets the response writer stop upstream work nobody will read."""
+
+    def __init__(self):
+        self.cancelled = False
+        self.response = None
+        self.worker = None  # the greenlet reading the upstream, under gevent
+
+    def watch(self) -> None:
+        """Note the current greenlet as the upstream reader, so cancel() can stop it anywhere."""
+        if monkey.is_module_patched("threading"):
+            self.worker = gevent.getcurrent()
+
+    def track(self, response: requests.Response) -> None:
+        self.response = response
+        if self.cancelled:
+            close_upstream(response)
+
+    def check(self) -> None:
+        """Raise ClientGone once the client has gone."""
+        if self.cancelled:
+            raise ClientGone()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.response is not None:
+            close_upstream(self.response)
+        if self.worker is not None and self.worker is not gevent.getcurrent():
+            # also stops a request still waiting for the upstream's headers
+            gevent.kill(self.worker, ClientGone)
+
+
+@dataclass
+class Answer:
+    """An upstream answer that has passed the failover checks: its first deltas and the rest.
+
+    on_failure(error) runs when the rest fails (a 429 after some text still rests the key).
+    """
+
+    head: list
+    rest: Iterator
+    response: requests.Response | None = None
+    on_failure: Callable | None = None
+
+    def deltas(self) -> Iterator:
+        try:
+            yield from self.head
+            yield from self.rest
+        except UpstreamError as failure:
+            if self.on_failure is not None:
+                self.on_failure(failure)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.response is not None:
+            close_upstream(self.response)
+
+
+def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterator:
+    """Yield source's items, and PING whenever it is silent for `interval` seconds."""
+    items = queue.Queue()
+
+    def pump():
+        cancel.watch()
+        try:
+            for item in source:
+                items.put((True, item))
+            items.put((False, None))
+        except BaseException as exc:  # handed to the writer, which decides
+            items.put((False, exc))
+
+    threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
+    while True:
+        try:
+            more, item = items.get(timeout=interval)
+        except queue.Empty:
+            yield PING
+            continue
+        if not more:
+            if item is not None:
+                raise item
+            return
+        yield item
+
+
+def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Cancel,
+          ping_seconds: float, on_success: Callable | None = None) -> Iterator:
+    """Write an answer's deltas to the client; any failure becomes one terminal error event.
+
+    on_success(text) runs with the whole answer's text before the client is told it is done.
+    """
+    texts = []
+    try:
+        yield writer.start()
+        for item in with_heartbeats(source, ping_seconds, cancel):
+            if item is PING:
+                yield writer.ping
+                continue
+            if item.kind in FIRST_TOKEN_KINDS:
+                record.mark_first_token()
+            if item.kind == "text" and on_success:
+                texts.append(item.value)
+            yield writer.event(item)
+        if on_success:
+            on_success("".join(texts))
+        yield writer.done()
+    except GeneratorExit:
+        record.outcome = "client disconnected"
+        raise
+    except Exception as exc:
+        message = failure_text(exc)
+        record.outcome = f"error: {message}"
+        yield writer.error(message)
+    finally:
+        cancel.cancel()
+
+
+def failure_text(exc: Exception) -> str:
+    """What a client may read about a failure: never a key, never a traceback. Upstream
+    messages were made public where they were caught (keys.KeyPool.failover, Answer.on_failure)."""
+    if isinstance(exc, ChatBridgeError):
+        return exc.message
+    log.exception("unexpected error while streaming")
+    return "internal error while streaming the answer"

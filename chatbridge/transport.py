@@ -1,0 +1,98 @@
+"""HTTP to the upstreams: the one module that uses `requests`.
+
+One pooled session per app. Keys travel in headers, never in a URL. Streams are read with
+the raw stream's read1, so events go out as they arrive (iter_lines holds back a
+non-chunked upstream's events); streamed requests ask for no compression, which would make
+events arrive in bursts. Network exceptions become UpstreamErrors here
+(errors.failure_from_exception).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import requests
+import urllib3
+
+from .chat import parse_json
+from .errors import UpstreamError, classify_failure, failure_from_exception
+
+READ_SIZE = 64 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class Transport:
+    """A pooled HTTP session with the configured connect and read timeouts (seconds)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float):
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def send(self, method: str, url: str, headers: dict, stream: bool,
+             **body) -> requests.Response:
+        """One upstream HTTP request (body: json= or data=); network errors become UpstreamErrors."""
+        if stream:
+            headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
+        try:
+            return self.session.request(method, url, headers=headers, stream=stream, **body,
+                                        timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise failure_from_exception(exc) from None
+
+
+def iter_body(response: requests.Response) -> Iterator:
+    """Raw bytes from an upstream response as they arrive, network errors made failures."""
+    try:
+        while True:
+            chunk = response.raw.read1(READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise failure_from_exception(exc) from None
+
+
+def read_error_body(response: requests.Response) -> Any:
+    """The parsed JSON of an upstream error response, read up to a limit; else its text."""
+    try:
+        body = b"".join(iter_limited(response, ERROR_BODY_LIMIT))
+    except UpstreamError:
+        body = b""
+    text = body.decode("utf-8", errors="replace")
+    return parse_json(text) or text[:500]
+
+
+def iter_limited(response: requests.Response, limit: int) -> Iterator:
+    """A response's bytes until at least limit bytes have come."""
+    size = 0
+    for chunk in iter_body(response):
+        size += len(chunk)
+        yield chunk
+        if size >= limit:
+            return
+
+
+def close_upstream(response: requests.Response) -> None:
+    """Close an upstream response now, even while another greenlet or thread reads it."""
+    with suppress(ValueError, RuntimeError, OSError, AttributeError):
+        response.raw.shutdown()  # wakes a reader blocked in recv
+    response.close()
+
+
+@contextmanager
+def opened_stream(response: requests.Response, cancel):
+    """A streaming upstream response that answered 200, closed if anything fails while it is
+    being opened (a status other than 200 becomes a classified UpstreamError). cancel (a
+    relay.Cancel) closes it if the client goes away meanwhile."""
+    cancel.track(response)
+    try:
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, read_error_body(response),
+                                   response.headers)
+        yield response
+    except BaseException:
+        close_upstream(response)
+        raise

@@ -1,0 +1,193 @@
+"""The provider interface every upstream implements, and what HTTP providers share.
+
+A provider turns a neutral ChatRequest into its wire format and its events back into neutral
+Deltas (chatbridge.chat). HttpProvider does the rest the same way for every HTTP upstream:
+send with a pool key, check the status, read the SSE stream, and decide whether an answer is
+usable (content, or a finish reason the client API can report) before failover gives up on
+the key. Nothing outside chatbridge/upstreams/ asks which provider it holds.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ..chat import CONTENT_KINDS, ChatRequest, Delta, parse_json
+from ..config import ApiKey, Config
+from ..errors import UpstreamError, classify_failure, failure_from_event
+from ..relay import Answer, Cancel
+from ..sse import iter_sse_data
+from ..transport import Transport, iter_body, opened_stream
+
+
+@dataclass
+class WholeAnswer:
+    """A non-streaming answer: its deltas, and the upstream's own OpenAI chat.completion when
+    it sent one (passed on unchanged to clients that asked for one)."""
+
+    deltas: list
+    chat_completion: dict | None = None
+
+
+class Provider:
+    """One upstream. name is its registry key and its model prefix (`gemini/...`)."""
+
+    name = ""
+    display_name = ""  # in error messages
+    key_variable = ""  # the setting that holds its keys
+    owned_by = ""  # in GET /v1/models
+    needs_keys = True
+
+    def __init__(self, keys: tuple = (), default_model: str = ""):
+        self.keys = keys
+        self.default_model = default_model
+
+    @classmethod
+    def from_config(cls, config: Config, transport: Transport) -> "Provider":
+        raise NotImplementedError
+
+    def claims(self, model: str) -> bool:
+        """Whether a model name without a provider prefix is served here."""
+        return False
+
+    def file_refusal(self, mime_type: str) -> str | None:
+        """Why a file of this type cannot be sent here, or None when it can."""
+        return None
+
+    def fallback_model(self, default_model: str | None) -> str:
+        """The model to list when the upstream's own list cannot be had; default_model is
+        DEFAULT_MODEL when it routes here."""
+        return self.default_model
+
+    def answer(self, chat: ChatRequest) -> Iterator:
+        """The deltas of an answer made without any key (needs_keys False)."""
+        raise NotImplementedError
+
+    def open_stream(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> Answer:
+        """Open a streaming answer and read up to its first content, or raise UpstreamError."""
+        raise NotImplementedError
+
+    def fetch_answer(self, chat: ChatRequest, key: ApiKey, cancel: Cancel) -> WholeAnswer:
+        """A whole (non-streaming) answer, or UpstreamError."""
+        raise NotImplementedError
+
+    def list_models(self, key: ApiKey, cancel: Cancel) -> list:
+        """The upstream's model names, or UpstreamError."""
+        raise NotImplementedError
+
+
+class HttpProvider(Provider):
+    """An upstream over HTTP: subclasses build requests and translate events."""
+
+    def __init__(self, keys: tuple, base_url: str, transport: Transport, default_model: str = ""):
+        super().__init__(keys, default_model)
+        self.base_url, self.transport = base_url, transport
+
+    def chat_request(self, chat: ChatRequest, key: ApiKey, stream: bool) -> tuple:
+        """URL, headers (the key in a header, never the URL) and JSON body of a chat call."""
+        raise NotImplementedError
+
+    def deltas(self, event: dict) -> list:
+        """The deltas in one upstream event (a stream chunk or a whole answer)."""
+        raise NotImplementedError
+
+    def models_request(self, key: ApiKey) -> tuple:
+        """URL and headers of the model list."""
+        raise NotImplementedError
+
+    def model_names(self, body: dict) -> list:
+        """The model names in a model list body."""
+        raise NotImplementedError
+
+    def chat_completion(self, body: dict) -> dict | None:
+        """The upstream's answer as an OpenAI chat.completion, if it is one."""
+        return None
+
+    def post(self, chat: ChatRequest, key: ApiKey, stream: bool):
+        url, headers, body = self.chat_request(chat, key, stream)
+        return self.transport.send("POST", url, headers, stream, json=body)
+
+    def open_stream(self, chat, key, cancel):
+        with opened_stream(self.post(chat, key, stream=True), cancel) as response:
+            rest = iter_deltas(iter_sse_data(iter_body(response)), self.deltas)
+            return Answer(read_until_content(rest, chat.empty_answers), rest, response)
+
+    def fetch_answer(self, chat, key, cancel):
+        response = self.post(chat, key, stream=False)
+        text = response.content.decode("utf-8", errors="replace")
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, parse_json(text) or text, response.headers)
+        body = parse_json(text)
+        if not isinstance(body, dict):
+            raise UpstreamError("broken", "the upstream answered with something that is not JSON")
+        deltas = translate_event(self.deltas, body)
+        read_until_content(iter(deltas + [Delta("finish", "stop")]), chat.empty_answers)
+        return WholeAnswer(deltas, self.chat_completion(body))
+
+    def list_models(self, key, cancel):
+        url, headers = self.models_request(key)
+        response = self.transport.send("GET", url, headers, stream=False)
+        body = parse_json(response.text)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise classify_failure(response.status_code, body, response.headers)
+        return self.model_names(body)
+
+
+def iter_deltas(events: Iterable, translate) -> Iterator:
+    """Upstream SSE events to deltas; finish and usage come last; a cut-off stream raises."""
+    finish, usage, done = None, None, False
+    for kind, payload in events:
+        if kind == "raw":
+            raise_error_tail(payload)
+            continue
+        if payload.strip() == "[DONE]":
+            done = True
+            break
+        event = parse_json(payload)
+        if not isinstance(event, dict):
+            raise UpstreamError("broken", "the upstream sent an event that is not JSON")
+        for delta in translate_event(translate, event):
+            if delta.kind == "finish":
+                finish = delta.value
+            elif delta.kind == "usage":
+                usage = delta.value
+            else:
+                yield delta
+    if finish is None and not done:
+        raise UpstreamError("broken", "the upstream stream ended before the answer was "
+                                      "complete (cut off)")
+    if usage:
+        yield Delta("usage", usage)
+    yield Delta("finish", finish or "stop")
+
+
+def raise_error_tail(payload: str) -> None:
+    """Raise the error in a raw JSON tail after the events (Gemini ends a failed stream so)."""
+    tail = parse_json(payload)
+    if isinstance(tail, list) and tail:
+        tail = tail[0]
+    if isinstance(tail, dict) and "error" in tail:
+        raise failure_from_event(tail["error"])
+
+
+def translate_event(translate, event: dict) -> list:
+    """An upstream event's deltas; an event of an unexpected shape is a broken answer."""
+    try:
+        return translate(event)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        raise UpstreamError("broken", "the upstream sent an event of an unexpected shape") from None
+
+
+def read_until_content(deltas: Iterator, empty_answers: bool = False) -> list:
+    """Read deltas up to the first content; an answer with none is a failure, but where the
+    client API can say so (empty_answers, as OpenAI does) one stopped by the token limit or
+    a filter is an empty answer."""
+    head = []
+    for delta in deltas:
+        head.append(delta)
+        if delta.kind in CONTENT_KINDS:
+            return head
+        if delta.kind == "finish" and delta.value in ("content_filter", "length"):
+            if empty_answers:
+                return head
+            why = "its content filter" if delta.value == "content_filter" else "the token limit"
+            raise UpstreamError("rejected", f"the answer was stopped by {why} before any text")
+    raise UpstreamError("broken", "the upstream finished without any content")

@@ -1,0 +1,234 @@
+"""Google Gemini's REST API (generateContent, streamGenerateContent with alt=sse, models).
+
+Wire format: ../shared/reference/wire-formats.md and the Gemini API reference. The key goes
+in the x-goog-api-key header, never in a `key=` URL parameter. Besides translating neutral
+requests, this provider passes Gemini's own API through unchanged for /v1beta (NativeCall).
+"""
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from ..chat import ChatRequest, Delta, Turn, parse_json
+from ..config import ApiKey
+from ..errors import UpstreamError, classify_failure, failure_from_event
+from ..relay import Answer, Cancel
+from ..sse import iter_sse_data
+from ..transport import iter_body, opened_stream
+from .base import HttpProvider
+
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
+FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+                   "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
+SETTING_NAMES = {"temperature": "temperature", "max_tokens": "maxOutputTokens"}
+
+
+@dataclass(frozen=True)
+class NativeCall:
+    """A request to Gemini's own REST API, passed through with a pool key: models/{model}
+    (empty for the list), its :action, the query without the client's key, the raw body."""
+
+    method: str
+    model: str
+    action: str
+    query: dict
+    body: bytes
+
+
+class GeminiProvider(HttpProvider):
+    name = "gemini"
+    display_name = "Gemini"
+    key_variable = "ALL_GEMINI_API_KEYS"
+    owned_by = "google"
+
+    @classmethod
+    def from_config(cls, config, transport):
+        return cls(config.gemini_keys, config.gemini_base_url, transport, config.gemini_model)
+
+    def claims(self, model):
+        return model.startswith(("gemini", "gemma"))
+
+    def chat_request(self, chat, key, stream):
+        body = {"contents": gemini_contents(chat.turns), "generationConfig": gemini_generation(chat),
+                **gemini_tools(chat)}
+        if chat.system:
+            body["systemInstruction"] = {"parts": [{"text": chat.system}]}
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        url = f"{self.base_url}/models/{quote(chat.model, safe='')}:{method}"
+        return url, {"x-goog-api-key": key.secret}, body
+
+    def deltas(self, event):
+        return gemini_deltas(event)
+
+    def models_request(self, key):
+        return f"{self.base_url}/models?pageSize=1000", {"x-goog-api-key": key.secret}
+
+    def model_names(self, body):
+        return [m["name"].removeprefix("models/") for m in body.get("models") or []
+                if "generateContent" in m.get("supportedGenerationMethods", [])]
+
+    def send_native(self, call: NativeCall, key: ApiKey, stream: bool):
+        """A Gemini REST call as the client made it, but with a pool key in the header."""
+        target = "models" + (f"/{quote(call.model, safe='')}" if call.model else "") + (
+            f":{call.action}" if call.action else "")
+        query = f"?{urlencode(call.query)}" if call.query else ""
+        headers = {"x-goog-api-key": key.secret, "Content-Type": "application/json"}
+        return self.transport.send(call.method, f"{self.base_url}/{target}{query}", headers,
+                                   stream, data=call.body or None)
+
+    def fetch_native(self, call: NativeCall, key: ApiKey, cancel: Cancel) -> tuple:
+        """Gemini's answer to a non-streaming call, unchanged: (body bytes, content type)."""
+        response = self.send_native(call, key, stream=False)
+        if response.status_code != 200:
+            failure = classify_failure(response.status_code, parse_json(response.text),
+                                       response.headers)
+            failure.body = response.content
+            raise failure
+        return response.content, response.headers.get("Content-Type",
+                                                       "application/json; charset=UTF-8")
+
+    def open_native_stream(self, call: NativeCall, key: ApiKey, cancel: Cancel) -> Answer:
+        """Gemini's stream, unchanged; an SSE stream must first show an event that is no error."""
+        with opened_stream(self.send_native(call, key, stream=True), cancel) as response:
+            if call.query.get("alt") != "sse":  # the JSON-array form, relayed as it comes
+                return Answer([], (Delta("bytes", chunk) for chunk in iter_body(response)),
+                              response)
+            events = iter_sse_data(iter_body(response))
+            head = first_native_event(events)
+            rest = (Delta("event", p) if kind == "data" else Delta("bytes", p.encode() + b"\n")
+                    for kind, p in events)
+            return Answer([head], rest, response)
+
+
+def first_native_event(events) -> Delta:
+    """The first event of a passed-through Gemini stream, unless it is an error."""
+    for kind, payload in events:
+        event = parse_json(payload)
+        if isinstance(event, list) and event:
+            event = event[0]
+        if isinstance(event, dict) and "error" in event:
+            raise failure_from_event(event["error"])
+        if kind == "data":
+            return Delta("event", payload)
+    raise UpstreamError("broken", "the upstream finished without any content")
+
+
+def thinking_model(model: str) -> bool:
+    """Whether a Gemini model takes thinkingConfig (2.5 and later; not 1.x, 2.0 or Gemma)."""
+    return model.startswith("gemini-") and not model.startswith(("gemini-1", "gemini-2.0"))
+
+
+def gemini_parts(turn: Turn) -> list:
+    """A turn's Gemini parts: text, inline files, function calls or a function's result."""
+    if turn.role == "tool":
+        result = parse_json(turn.text)
+        response = result if isinstance(result, dict) else {"result": turn.text if result is None
+                                                             else result}
+        return [{"functionResponse": {"name": turn.tool_name, "response": response}}]
+    parts = [{"text": turn.text}] if turn.text else []
+    parts += [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
+    for call in turn.tool_calls:
+        args = parse_json(call["arguments"])
+        part = {"functionCall": {"name": call["name"], "args": args if isinstance(args, dict)
+                                 else {}}}
+        if call.get("signature"):
+            part["thoughtSignature"] = call["signature"]
+        parts.append(part)
+    return parts
+
+
+def gemini_contents(turns: list) -> list:
+    """Gemini contents: roles user and model; consecutive function results share one turn."""
+    contents = []
+    for turn in turns:
+        role = "model" if turn.role == "assistant" else "user"
+        if turn.role == "tool" and contents and contents[-1].get("results"):
+            contents[-1]["parts"] += gemini_parts(turn)
+            continue
+        contents.append({"role": role, "parts": gemini_parts(turn),
+                         **({"results": True} if turn.role == "tool" else {})})
+    return [{"role": c["role"], "parts": c["parts"]} for c in contents]
+
+
+def gemini_generation(chat: ChatRequest) -> dict:
+    """generationConfig: the client API's default settings, then the request's own."""
+    generation = {SETTING_NAMES[name]: value for name, value in chat.default_settings.items()}
+    settings = {"temperature": chat.temperature, "maxOutputTokens": chat.max_tokens,
+                "topP": chat.top_p, "stopSequences": chat.stop}
+    generation.update({name: value for name, value in settings.items() if value is not None})
+    response_format = (chat.response_format or {}).get("type")
+    if response_format in ("json_object", "json_schema"):
+        generation["responseMimeType"] = "application/json"
+        schema = (chat.response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            generation["responseJsonSchema"] = schema
+    if thinking_model(chat.model):
+        generation["thinkingConfig"] = {"includeThoughts": True}
+    return generation
+
+
+def gemini_tools(chat: ChatRequest) -> dict:
+    """OpenAI function tools and tool_choice as Gemini tools and toolConfig."""
+    if not chat.tools:
+        return {}
+    declarations = [{"name": t["function"]["name"],
+                     **({"description": t["function"]["description"]}
+                        if t["function"].get("description") else {}),
+                     **({"parametersJsonSchema": t["function"]["parameters"]}
+                        if t["function"].get("parameters") else {})} for t in chat.tools]
+    tools = {"tools": [{"functionDeclarations": declarations}]}
+    choice = chat.tool_choice
+    if isinstance(choice, dict):
+        tools["toolConfig"] = {"functionCallingConfig": {
+            "mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}}
+    elif choice in ("none", "auto", "required"):
+        mode = {"none": "NONE", "auto": "AUTO", "required": "ANY"}[choice]
+        tools["toolConfig"] = {"functionCallingConfig": {"mode": mode}}
+    return tools
+
+
+def gemini_usage(meta: dict) -> dict:
+    """Gemini usageMetadata (a running total) in OpenAI's usage shape."""
+    prompt = meta.get("promptTokenCount", 0)
+    completion = meta.get("candidatesTokenCount", 0) + meta.get("thoughtsTokenCount", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": meta.get("totalTokenCount", prompt + completion)}
+
+
+def gemini_finish(reason: str) -> str:
+    """A Gemini finishReason as an OpenAI finish_reason."""
+    if reason in FINISH_REASONS:
+        return FINISH_REASONS[reason]
+    return "content_filter" if reason in FILTER_FINISHES else "stop"
+
+
+def gemini_deltas(event: dict) -> list:
+    """The deltas in one Gemini GenerateContentResponse (a stream chunk or a whole answer)."""
+    if "error" in event:
+        raise failure_from_event(event["error"])
+    candidates = event.get("candidates") or []
+    blocked = (event.get("promptFeedback") or {}).get("blockReason")
+    if not candidates and blocked:
+        raise UpstreamError("rejected", f"Gemini blocked the prompt (reason: {blocked})")
+    deltas = [Delta("usage", gemini_usage(event["usageMetadata"]))] if event.get(
+        "usageMetadata") else []
+    candidate = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
+    texts, calls = {"reasoning": [], "text": []}, []
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"]:
+            texts["reasoning" if part.get("thought") else "text"].append(part["text"])
+        elif isinstance(part, dict) and (part.get("functionCall") or {}).get("name"):
+            calls.append(function_call_delta(part))
+    deltas += [Delta(kind, "".join(pieces)) for kind, pieces in texts.items() if pieces] + calls
+    if candidate.get("finishReason"):
+        deltas.append(Delta("finish", gemini_finish(candidate["finishReason"])))
+    return deltas
+
+
+def function_call_delta(part: dict) -> Delta:
+    """A functionCall part as a tool_call delta; its thought signature rides along."""
+    call = part["functionCall"]
+    return Delta("tool_call", {
+        "index": None, "id": None, "name": call.get("name", ""),
+        "arguments": json.dumps(call.get("args") or {}, ensure_ascii=False),
+        "signature": part.get("thoughtSignature")})

@@ -1,0 +1,114 @@
+"""Any OpenAI-compatible Chat Completions API: the ZJU Chat API, DeepSeek, OpenRouter, vLLM,
+Ollama. Its user-facing name stays `zju` (the `zju/` model prefix, ZJU_API_KEY, ZJU_BASE_URL),
+after the source it replaces.
+
+Requests go to `{ZJU_BASE_URL}/chat/completions` with `Authorization: Bearer <key>`; the
+stream is read until `data: [DONE]`. DeepSeek's `reasoning_content` (and OpenRouter's
+`reasoning`) arrive as reasoning deltas and go back on assistant turns.
+"""
+
+import base64
+
+from ..chat import Delta, Turn
+from ..errors import failure_from_event
+from .base import HttpProvider
+
+FALLBACK_MODEL = "deepseek-r1-671b"  # the ZJU source's default model
+
+
+class OpenAICompatProvider(HttpProvider):
+    name = "zju"
+    display_name = "the OpenAI-compatible upstream"
+    key_variable = "ZJU_API_KEY"
+    owned_by = "zju"
+
+    @classmethod
+    def from_config(cls, config, transport):
+        return cls(config.zju_keys, config.zju_base_url, transport, FALLBACK_MODEL)
+
+    def claims(self, model):
+        return True  # every name no other provider claims
+
+    def file_refusal(self, mime_type):
+        if openai_takes(mime_type):
+            return None
+        return (f"{mime_type} files cannot go to the OpenAI-compatible upstream; send an image "
+                "or a text file, or use a Gemini model")
+
+    def fallback_model(self, default_model):
+        return default_model or self.default_model
+
+    def chat_request(self, chat, key, stream):
+        messages = [{"role": "system", "content": chat.system}] if chat.system else []
+        messages += [openai_message(turn) for turn in chat.turns]
+        if chat.passthrough is not None:  # the client's own fields, as sent
+            body = dict(chat.passthrough)
+        else:  # as the ZJU source: only what the request set, no defaults of ours
+            settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens}
+            body = {name: value for name, value in settings.items() if value is not None}
+        body.update(model=chat.model, messages=messages, stream=stream)
+        if stream and chat.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        return f"{self.base_url}/chat/completions", {"Authorization": f"Bearer {key.secret}"}, body
+
+    def deltas(self, event):
+        return openai_deltas(event)
+
+    def chat_completion(self, body):
+        return body
+
+    def models_request(self, key):
+        return f"{self.base_url}/models", {"Authorization": f"Bearer {key.secret}"}
+
+    def model_names(self, body):
+        return [m["id"] for m in body.get("data") or [] if isinstance(m.get("id"), str)]
+
+
+def openai_takes(mime_type: str) -> bool:
+    """Whether a file can go to the OpenAI-compatible upstream (as an image part or as text)."""
+    return mime_type.startswith(("image/", "text/")) or mime_type == "application/json"
+
+
+def openai_message(turn: Turn) -> dict:
+    """A turn as an OpenAI message: text files inlined, images as image_url parts."""
+    if turn.role == "tool":
+        return {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.text}
+    if turn.tool_calls:
+        return {"role": "assistant", "content": turn.text or None, "tool_calls": [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in turn.tool_calls], **({"reasoning_content": turn.reasoning}
+                                          if turn.reasoning else {})}
+    text = turn.text
+    for file in turn.files:
+        if not file.mime_type.startswith("image/"):
+            content = base64.b64decode(file.data).decode("utf-8", errors="replace")
+            text = f"{text}\n\n[file {file.filename or ''}]\n{content}".strip()
+    images = [{"type": "image_url", "image_url": {"url": f"data:{f.mime_type};base64,{f.data}"}}
+              for f in turn.files if f.mime_type.startswith("image/")]
+    if not images:
+        return {"role": turn.role, "content": text}
+    return {"role": turn.role, "content": ([{"type": "text", "text": text}] if text else []) + images}
+
+
+def openai_deltas(event: dict) -> list:
+    """The deltas in one OpenAI chat.completion.chunk (or a whole chat.completion)."""
+    if "error" in event:
+        raise failure_from_event(event["error"])
+    deltas = [Delta("usage", event["usage"])] if isinstance(event.get("usage"), dict) else []
+    choices = event.get("choices") or []
+    choice = choices[0] if isinstance(choices[0] if choices else None, dict) else {}
+    delta = choice.get("delta") or choice.get("message") or {}
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        deltas.append(Delta("reasoning", reasoning))
+    if isinstance(delta.get("content"), str) and delta["content"]:
+        deltas.append(Delta("text", delta["content"]))
+    for call in delta.get("tool_calls") or []:
+        function = call.get("function") or {}
+        deltas.append(Delta("tool_call", {
+            "index": call.get("index", 0), "id": call.get("id"), "name": function.get("name"),
+            "arguments": function.get("arguments") or "", "signature": None}))
+    if choice.get("finish_reason"):
+        deltas.append(Delta("finish", choice["finish_reason"]))
+    return deltas

@@ -1,0 +1,128 @@
+"""The Flask app: create_app, the hooks every request passes, and the chat page.
+
+create_app(config) builds everything (nothing happens at import): it reads the settings
+unless given a Config, sets up logging, opens the state store, registers one blueprint per
+client API (chatbridge/apis/) and says once per server what is configured. Every response
+gets nosniff and no-referrer; the page also gets a strict Content-Security-Policy (its own
+scripts and styles only). One log line per request, written when its body has been sent.
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
+from flask_cors import CORS
+
+from .apis import BLUEPRINTS, render_default_error
+from .apis.common import install_error_handler
+from .config import PROJECT_DIR, Config, load_config
+from .logs import RequestLog, log, setup_logging
+from .service import Service, current_service
+
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+               "form-action 'self'")
+GREETING = {"fa": "چتبات API آماده است", "en": "The chatbot API is ready"}
+
+page = Blueprint("page", __name__)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the Flask app from the environment's settings, or from the Config given (tests)."""
+    config = config or load_config()
+    setup_logging(config.log_language)
+    app = Flask(__name__, root_path=str(PROJECT_DIR))  # templates/ and static/ beside app.py
+    app.json.ensure_ascii = False
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 1024 * 1024
+    app.extensions["chatbridge"] = Service(config)
+    CORS(app, origins=list(config.cors_origins), expose_headers=["Retry-After"])
+    app.register_blueprint(page)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    install_error_handler(app, render_default_error)
+    app.before_request(start_record)
+    app.after_request(secure_headers)
+    app.after_request(log_when_done)
+    announce(app.extensions["chatbridge"])
+    return app
+
+
+@page.get("/")
+def index():
+    """The chat page for browsers; a JSON greeting (in Persian, as the source had it, and in
+    English) for everything else."""
+    config = current_service().config
+    if any(kind in ("text/html", "application/xhtml+xml") for kind, _ in request.accept_mimetypes):
+        return render_template("index.html", default_model=config.default_model,
+                               access_tokens=bool(config.access_tokens))
+    return jsonify(message=GREETING["fa"], message_en=GREETING["en"], service="ChatBridge",
+                   providers=key_counts(), default_model=config.default_model)
+
+
+@page.get("/healthz")
+def healthz():
+    """{"status": "ok", "providers": {name: number of keys}}; never a key."""
+    return jsonify(status="ok", providers=key_counts())
+
+
+def key_counts() -> dict:
+    return {p.name: len(p.keys) for p in current_service().providers.keyed()}
+
+
+def start_record():
+    g.chat_log = RequestLog(client=request.remote_addr or "-")
+    g.owner = ""  # the access token's fingerprint, set by auth.require_access_token
+
+
+def secure_headers(response: Response) -> Response:
+    """No sniffing and no referrer anywhere; the page may run only its own scripts and styles."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+    return response
+
+
+def log_when_done(response: Response) -> Response:
+    """Log one line per request once its body has been sent (streams included)."""
+    record, method, path = g.chat_log, request.method, request.path
+    level = logging.DEBUG if path == "/healthz" else logging.INFO
+    response.call_on_close(lambda: log.log(level, record.line(method, path,
+                                                              response.status_code)))
+    return response
+
+
+def announce(service: Service) -> None:
+    """Say once per server (not once per worker) what is configured and what is missing or open."""
+    config = service.config
+    master = gunicorn_master()
+    if master and not service.store.claim(f"announced-{master}"):
+        return
+    counts = {p.name: len(p.keys) for p in service.providers.keyed()}
+    if not any(counts.values()):
+        log.warning("no API keys configured (%s): only the built-in 'echo' model is available",
+                    ", ".join(p.key_variable for p in service.providers.keyed()))
+    else:
+        log.info("keys loaded: %s; default model %s",
+                 " ".join(f"{name}={count}" for name, count in counts.items()), config.default_model)
+    if "*" in config.cors_origins:
+        log.warning("CORS allows every origin; in production set CORS_ORIGINS to your "
+                    "frontend's origins")
+    if not config.access_tokens:
+        log.warning("ACCESS_TOKENS is not set: /api is open to anyone who can reach it")
+    log.info("shared state: %s", "Redis (REDIS_URL)" if config.redis_url else
+             f"files in {config.temp_data_dir}")
+
+
+def gunicorn_master() -> str | None:
+    """Names the gunicorn master of this worker by pid and start time; None outside gunicorn."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    parent = os.getppid()
+    try:  # field 22 of /proc/PID/stat; the start time tells apart masters that reuse a pid
+        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{parent}-{started}"
