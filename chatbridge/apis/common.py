@@ -3,8 +3,9 @@ streamed responses. Each API module renders errors in its own format; this turns
 was raised into a ChatBridgeError first, so no traceback and no key reaches a client."""
 
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 
-from flask import Response, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..chat import ChatRequest
@@ -13,6 +14,8 @@ from ..logs import RequestLog, log
 from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter
+
+ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")  # what a catch-all route takes
 
 
 def install_error_handler(scope, render: Callable) -> None:
@@ -63,6 +66,22 @@ def http_error(error: HTTPException) -> ChatBridgeError:
 
 def no_endpoint() -> NotFound:
     return NotFound(f"no such endpoint: {request.method} {request.path}")
+
+
+def unknown_url() -> ClientError:
+    """For an API's catch-all route (which gives unmatched URLs under its prefix that API's
+    error shape): 405 with Allow when another route has this path, else 404."""
+    adapter = current_app.create_url_adapter(request)
+    allowed = set()
+    for method in ANY_METHOD:
+        with suppress(HTTPException):
+            if adapter.match(method=method)[0] != request.endpoint:
+                allowed.add(method)
+    if not allowed:
+        return no_endpoint()
+    allowed |= {"OPTIONS"} | ({"HEAD"} if "GET" in allowed else set())
+    return ClientError(f"{request.method} is not allowed on {request.path}", 405,
+                       headers={"Allow": ", ".join(sorted(allowed))})
 
 
 def read_json_body() -> dict:

@@ -20,11 +20,10 @@ from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter, sse
 from ..upstreams import NativeCall
-from .common import install_error_handler, no_endpoint, note_request, stream_response
+from .common import ANY_METHOD, install_error_handler, no_endpoint, note_request, stream_response, unknown_url
 from .fields import MODEL_NAME
 
 bp = Blueprint("gemini", __name__)
-ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                    404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
                    415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -52,10 +51,10 @@ def gemini_native(target: str):
     return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
-@bp.route("/v1beta/<path:rest>", methods=ANY_METHOD)
+@bp.route("/v1beta/<path:rest>", methods=list(ANY_METHOD))
 def unknown(rest: str):
-    """Any other /v1beta URL: a 404 in Google's shape."""
-    raise no_endpoint()
+    """Any other /v1beta URL: a 404 (or 405) in Google's shape."""
+    raise unknown_url()
 
 
 def parse_call(target: str, method: str, query: dict, body: bytes, config: Config) -> ChatRequest:

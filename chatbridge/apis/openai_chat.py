@@ -25,13 +25,12 @@ from ..service import current_service
 from ..sse import StreamWriter, sse
 from ..upstreams.base import WholeAnswer
 from . import gemini_native
-from .common import install_error_handler, no_endpoint, note_request, read_json_body, stream_response
+from .common import ANY_METHOD, install_error_handler, note_request, read_json_body, stream_response, unknown_url
 from .fields import data_url_file, model_field, optional, positive_field, stream_field, temperature_field
 
 bp = Blueprint("openai", __name__)
 models_bp = Blueprint("models", __name__)  # the model paths OpenAI's and Google's APIs share
 REBUILT_FIELDS = {"model", "messages", "stream", "stream_options", "n"}
-ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 @bp.post("/v1/chat/completions")
@@ -48,10 +47,10 @@ def chat_completions():
     return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
-@bp.route("/v1/<path:rest>", methods=ANY_METHOD)
+@bp.route("/v1/<path:rest>", methods=list(ANY_METHOD))
 def unknown(rest: str):
-    """Any other /v1 URL: a 404 in OpenAI's shape."""
-    raise no_endpoint()
+    """Any other /v1 URL: a 404 (or 405) in OpenAI's shape."""
+    raise unknown_url()
 
 
 @models_bp.get("/v1/models")
