@@ -1,4 +1,5 @@
-"""Access tokens (ACCESS_TOKENS) for the client APIs and the admin token (ADMIN_TOKEN).
+"""Access tokens (ACCESS_TOKENS) for the client APIs; the admin token (ADMIN_TOKEN) is
+checked with the same comparison by chatbridge/apis/admin.py.
 
 A client presents its token as `Authorization: Bearer <token>` (OpenAI's SDKs, curl), or as
 `x-goog-api-key: <token>` or `?key=<token>` (Google's SDK). The token stays here: it is never
@@ -10,7 +11,7 @@ import hmac
 from flask import g, request
 
 from .config import fingerprint
-from .errors import NotFound, Unauthorized
+from .errors import Unauthorized
 from .service import current_service
 
 
@@ -46,12 +47,3 @@ def require_access_token() -> None:
         raise Unauthorized("missing or wrong access token: send it as Authorization: "
                            "Bearer <token>")
     g.owner = fingerprint(token)
-
-
-def require_admin_token() -> None:
-    """Before each admin request: 404 while ADMIN_TOKEN is unset, 401 without it."""
-    admin_token = current_service().config.admin_token
-    if not admin_token:
-        raise NotFound(f"no such endpoint: {request.method} {request.path}")
-    if not matches(presented_token(), (admin_token,)):
-        raise Unauthorized("this needs the admin token: Authorization: Bearer <ADMIN_TOKEN>")

@@ -48,8 +48,8 @@ class Config:
     gemini_keys: tuple = ()
     gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
     gemini_model: str = "gemini-2.5-flash"
-    zju_keys: tuple = ()
-    zju_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
+    openai_compat_keys: tuple = ()  # ZJU_API_KEY: the OpenAI-compatible upstream's user-facing name is zju
+    openai_compat_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
     default_model: str = ECHO_MODEL
     port: int = 5000
     cors_origins: tuple = ("*",)
@@ -75,7 +75,7 @@ class Config:
     def secrets(self) -> list:
         """Every key and token the service holds, for redaction."""
         tokens = list(self.access_tokens) + ([self.admin_token] if self.admin_token else [])
-        return [key.secret for key in self.gemini_keys + self.zju_keys] + tokens
+        return [key.secret for key in self.gemini_keys + self.openai_compat_keys] + tokens
 
 
 def parse_keys(raw: str) -> tuple:
@@ -145,16 +145,16 @@ def load_config(environ=None) -> Config:
     problem at once in a ConfigError."""
     settings = Settings(os.environ if environ is None else environ)
     gemini_keys = parse_keys(settings.text("ALL_GEMINI_API_KEYS"))
-    zju_keys = parse_keys(settings.text("ZJU_API_KEY"))
+    openai_compat_keys = parse_keys(settings.text("ZJU_API_KEY"))
     gemini_model = settings.text("GEMINI_MODEL", Config.gemini_model)
-    fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if zju_keys else ECHO_MODEL
+    fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if openai_compat_keys else ECHO_MODEL
     data_dir = settings.text("TEMP_DATA_DIR")
     config = Config(
         gemini_keys=gemini_keys,
         gemini_base_url=settings.url("GEMINI_BASE_URL", Config.gemini_base_url),
         gemini_model=gemini_model,
-        zju_keys=zju_keys,
-        zju_base_url=settings.url("ZJU_BASE_URL", Config.zju_base_url),
+        openai_compat_keys=openai_compat_keys,
+        openai_compat_base_url=settings.url("ZJU_BASE_URL", Config.openai_compat_base_url),
         default_model=settings.text("DEFAULT_MODEL", fallback_model),
         port=settings.number("PORT", 5000, 1, int),
         cors_origins=settings.items("CORS_ORIGINS", "*") or ("*",),

@@ -24,7 +24,7 @@ class OpenAICompatProvider(HttpProvider):
 
     @classmethod
     def from_config(cls, config, transport):
-        return cls(config.zju_keys, config.zju_base_url, transport, FALLBACK_MODEL)
+        return cls(config.openai_compat_keys, config.openai_compat_base_url, transport, FALLBACK_MODEL)
 
     def claims(self, model):
         return True  # every name no other provider claims
