@@ -1,5 +1,7 @@
 """Fixtures: fake upstreams on 127.0.0.1 and the app under real gunicorn with gevent workers."""
 
+import base64
+import contextlib
 import os
 import re
 import signal
@@ -14,12 +16,14 @@ import redis
 import requests
 
 from tests.fakes import FakeGemini, FakeOpenAI
-import contextlib
 
 REPO = Path(__file__).resolve().parent.parent
 GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
                "AIzaFakeGeminiKeyNumber3cccc"]
 ADMIN_TOKEN = "admin-token-for-tests-0001"
+TOKEN = "access-token-for-tests-0001"  # the one ACCESS_TOKENS of token_server
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = base64.b64decode(PNG_B64)  # one pixel
 ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "zjuprivatekey0123456789abcdefTwo2222"]  # one without a known prefix
 CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL", "REDIS_URL",
            "ACCESS_TOKENS", "ADMIN_TOKEN", "CHAT_MAX_TURNS", "CHAT_TTL_HOURS", "UPLOAD_TTL_MINUTES",
@@ -138,6 +142,7 @@ def start_gunicorn(tmp_path_factory):
 
 
 def upstream_env(fake_gemini, fake_openai, **extra) -> dict:
+    """Settings with every key of GEMINI_KEYS and ZJU_KEYS, pointed at the fakes."""
     return {"ALL_GEMINI_API_KEYS": ",".join(GEMINI_KEYS), "ZJU_API_KEY": ",".join(ZJU_KEYS),
             "GEMINI_BASE_URL": fake_gemini.base_url, "ZJU_BASE_URL": fake_openai.base_url,
             "KEY_WAIT_SECONDS": "1", "UPSTREAM_READ_TIMEOUT": "5", "SSE_PING_SECONDS": "0.5",
@@ -156,6 +161,23 @@ def server(main_server, gemini, openai):
     main_server.reset_state()
     yield main_server
     main_server.reset_state()
+
+
+@pytest.fixture(scope="session")
+def token_server(start_gunicorn, fake_gemini, fake_openai):
+    """The app with ACCESS_TOKENS=TOKEN."""
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS=TOKEN))
+
+
+def unreachable_settings() -> dict:
+    """Gemini behind a closed port; GEMINI_MODEL is what /v1/models falls back to."""
+    return {"GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1beta",
+            "GEMINI_MODEL": "gemini-2.5-flash-lite"}
+
+
+@pytest.fixture(scope="session")
+def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, **unreachable_settings()))
 
 
 class RedisServer:

@@ -1,19 +1,15 @@
 """useChat's protocol on /api/chat, read by the Vercel AI SDK's own client code (tests/node)."""
 
-import base64
 import json
 import subprocess
 
 import pytest
 import requests
 
-from tests.conftest import GEMINI_KEYS, REPO
+from tests.conftest import GEMINI_KEYS, PNG_B64, REPO
 from tests.fakes import gemini_429, gemini_midstream_error, gemini_stream
 
 HARNESS = REPO / "tests" / "node" / "read_ui_stream.mjs"
-PNG = base64.b64encode(base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
-).decode()
 
 
 def use_chat(server, messages, package, **body) -> dict:
@@ -62,16 +58,16 @@ def test_thoughts_become_a_reasoning_part(server, gemini, package):
 
 @SDKS
 def test_an_image_part_reaches_gemini_inline(server, gemini, package):
-    result = use_chat(server, [user("what is this?", PNG)], package)
+    result = use_chat(server, [user("what is this?", PNG_B64)], package)
     assert result["ok"], result["error"]
     parts = gemini.requests[-1].json["contents"][-1]["parts"]
-    assert {"inline_data": {"mime_type": "image/png", "data": PNG}} in parts
+    assert {"inline_data": {"mime_type": "image/png", "data": PNG_B64}} in parts
     assert {"text": "what is this?"} in parts
 
 
 def test_the_whole_conversation_goes_upstream(server, gemini):
     messages = [{"id": "s", "role": "system", "parts": [{"type": "text", "text": "Be brief."}]},
-                user("look", PNG),
+                user("look", PNG_B64),
                 {"id": "a1", "role": "assistant", "parts": [
                     {"type": "step-start"}, {"type": "reasoning", "text": "hm", "state": "done"},
                     {"type": "text", "text": "A dot.", "state": "done"}]},
@@ -81,7 +77,7 @@ def test_the_whole_conversation_goes_upstream(server, gemini):
     assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
     assert sent["contents"][0]["parts"] == [{"text": "look"}, {"inline_data": {
-        "mime_type": "image/png", "data": PNG}}]
+        "mime_type": "image/png", "data": PNG_B64}}]
     assert sent["contents"][1]["parts"] == [{"text": "A dot."}]
 
 

@@ -6,10 +6,8 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
+from tests.conftest import PNG, PNG_B64
 from tests.fakes import gemini_stream, openai_completion, openai_stream
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 
 
 def test_shape_a_streams_gemini_text_then_done(server, gemini):
@@ -33,7 +31,7 @@ def test_shape_a_sends_history_system_file_and_settings_to_gemini(server, gemini
     body = {"message": "and this?", "system_content": "Be brief.", "temperature": 0.2,
             "max_tokens": 100, "history": [{"role": "user", "content": "hi"},
                                            {"role": "assistant", "content": "hello"}],
-            "file_data": {"mime_type": "image/png", "data": base64.b64encode(PNG).decode()}}
+            "file_data": {"mime_type": "image/png", "data": PNG_B64}}
     assert events(post_chat(server, body))[-1] == {"done": True}
     sent = gemini.requests[-1].json
     assert [c["role"] for c in sent["contents"]] == ["user", "model", "user"]
@@ -125,7 +123,7 @@ def test_shape_b_default_model_is_gemini_when_gemini_keys_are_set(server, gemini
 
 
 def test_zju_image_goes_as_an_image_url_part_and_text_files_inline(server, openai):
-    png = {"mime_type": "image/png", "data": base64.b64encode(PNG).decode()}
+    png = {"mime_type": "image/png", "data": PNG_B64}
     events(post_chat(server, {"message": "what?", "model": "deepseek-v3-671b", "file_data": png}))
     content = openai.requests[-1].json["messages"][-1]["content"]
     assert content[0] == {"type": "text", "text": "what?"}
@@ -206,7 +204,7 @@ def test_upload_returns_base64_file_data(server):
     assert response.status_code == 200
     body = response.json()
     assert body["success"] is True
-    assert body["file_data"] == {"mime_type": "image/png", "data": base64.b64encode(PNG).decode(),
+    assert body["file_data"] == {"mime_type": "image/png", "data": PNG_B64,
                                  "filename": "pixel.png"}
     assert body["file_id"].startswith("file-")
 

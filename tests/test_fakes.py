@@ -6,6 +6,7 @@ import threading
 import pytest
 import requests
 
+from tests.client import sse_data
 from tests.fakes import (
     FakeGemini,
     FakeOpenAI,
@@ -52,17 +53,13 @@ def gemini_post(gemini, action, query="", body=GEMINI_BODY, headers=None, **kwar
     return requests.post(url, json=body, headers=headers, timeout=TIMEOUT, **kwargs)
 
 
-def sse_data(raw, separator):
-    """The data payloads of an SSE body split on the given event separator."""
-    return [event[len(b"data: "):].decode() for event in raw.split(separator) if event]
-
-
 def test_gemini_default_sse_uses_crlf_and_cumulative_usage(gemini):
     response = gemini_post(gemini, "streamGenerateContent", "?alt=sse")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     assert response.content.endswith(b"}\r\n\r\n") and b"[DONE]" not in response.content
-    chunks = [json.loads(data) for data in sse_data(response.content, b"\r\n\r\n")]
+    assert b"\n" not in response.content.replace(b"\r\n", b""), "every line ends with CRLF"
+    chunks = [json.loads(data) for data in sse_data(response.content)]
     assert len(chunks) == 3
     texts = [c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks]
     assert "".join(texts) == "You said: hello"
@@ -137,7 +134,8 @@ def test_openai_default_stream(openai, prefix):
     url = f"http://127.0.0.1:{openai.port}{prefix}/chat/completions"
     response = requests.post(url, json=body, headers={"Authorization": "Bearer k1"}, timeout=TIMEOUT)
     assert response.headers["Content-Type"] == "text/event-stream"
-    data = sse_data(response.content, b"\n\n")
+    assert b"\r" not in response.content, "every line ends with LF"
+    data = sse_data(response.content)
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}

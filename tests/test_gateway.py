@@ -15,7 +15,8 @@ from openai import AsyncOpenAI, OpenAI
 
 from chatbridge.config import load_config
 from chatbridge.service import Service
-from tests.conftest import GEMINI_KEYS, ZJU_KEYS, free_port, upstream_env
+from tests.client import sse_data
+from tests.conftest import GEMINI_KEYS, PNG_B64, TOKEN, ZJU_KEYS, upstream_env
 from tests.fakes import (
     Reply,
     count_tokens,
@@ -35,9 +36,7 @@ from tests.fakes import (
 
 TIMEOUT = 30
 CLIENT_KEY = "client-key-that-must-stay-here"
-TOKEN = "tok-1"
 K0, K1, K2 = GEMINI_KEYS
-PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PNG_URL = "data:image/png;base64," + PNG_B64
 SIGNATURE = base64.b64encode(b"opaque thought signature").decode()
 ARGS = {"city": "Paris"}
@@ -57,19 +56,6 @@ def zju_only_server(start_gunicorn, fake_gemini, fake_openai):
     env = upstream_env(fake_gemini, fake_openai)
     del env["ALL_GEMINI_API_KEYS"]
     return start_gunicorn(env)
-
-
-@pytest.fixture(scope="module")
-def token_server(start_gunicorn, fake_gemini, fake_openai):
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS=TOKEN))
-
-
-@pytest.fixture(scope="module")
-def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
-    """Gemini behind a closed port; GEMINI_MODEL is what /v1/models falls back to."""
-    dead = f"http://127.0.0.1:{free_port()}/v1beta"
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai, GEMINI_BASE_URL=dead,
-                                       GEMINI_MODEL="gemini-2.5-flash-lite"))
 
 
 @pytest.fixture
@@ -172,13 +158,6 @@ def raw_chat(server, body, headers=None, stream=False):
                          timeout=TIMEOUT)
 
 
-def sse_data(text):
-    """The data payloads of an SSE body, comments and blank lines dropped."""
-    blocks = text.replace("\r\n", "\n").split("\n\n")
-    return ["\n".join(line[6:] for line in block.split("\n") if line.startswith("data: "))
-            for block in blocks if any(line.startswith("data: ") for line in block.split("\n"))]
-
-
 def weather_reply(recorded, signature=None):
     """Fake Gemini: call get_weather, then answer once the function response is there."""
     contents = (recorded.json or {}).get("contents") or []
@@ -259,7 +238,7 @@ def test_the_raw_stream_ends_with_done(server, model):
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.text.endswith("data: [DONE]\n\n")
-    data = sse_data(response.text)
+    data = sse_data(response.content)
     assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
     chunks = [json.loads(item) for item in data[:-1]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ANSWERS[model]
@@ -524,7 +503,7 @@ def test_get_v1_models_answers_in_the_callers_shape(server, headers, params, sha
 def test_access_tokens_guard_the_openai_gateway(use, gemini):
     target = use("token_server")
     with pytest.raises(openai_sdk.AuthenticationError):
-        create(target, api_key="tok-2")
+        create(target, api_key="wrong-token")
     assert outcome(create(target, api_key=TOKEN))[0] == "You said: hello"
     assert_pool_keys_only(gemini, GEMINI_KEYS, secret=TOKEN)
 
@@ -533,8 +512,8 @@ def test_access_tokens_guard_the_openai_gateway(use, gemini):
 def test_access_tokens_guard_the_native_gateway(google_client, use, gemini, api_version):
     target = use("token_server")
     with pytest.raises(genai_errors.ClientError) as refused:
-        google_client(target, api_version, "tok-2").models.generate_content(model="gemini-2.5-flash",
-                                                                             contents="hello")
+        google_client(target, api_version, "wrong-token").models.generate_content(
+            model="gemini-2.5-flash", contents="hello")
     assert refused.value.code == 401
     sdk = google_client(target, api_version, TOKEN)
     assert sdk.models.generate_content(model="gemini-2.5-flash", contents="hello").text == "You said: hello"
@@ -628,7 +607,7 @@ def test_native_bodies_pass_through_unchanged(server, gemini, prefix):
     sse = requests.post(url + ":streamGenerateContent", params={"alt": "sse"}, json=body, headers=headers,
                         timeout=TIMEOUT)
     assert sse.headers["Content-Type"].startswith("text/event-stream")
-    assert [json.loads(item) for item in sse_data(sse.text)] == events
+    assert [json.loads(item) for item in sse_data(sse.content)] == events
     array = requests.post(url + ":streamGenerateContent", json=body, headers=headers, timeout=TIMEOUT)
     assert array.headers["Content-Type"].startswith("application/json")
     assert array.json() == events, "without alt=sse the stream is one JSON array"

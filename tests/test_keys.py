@@ -12,7 +12,7 @@ import requests
 
 from chatbridge.keys import next_pacific_midnight
 from chatbridge.state import FileStateStore
-from tests.client import events, post_chat, shape_a_text
+from tests.client import ask, events, post_chat, shape_a_text
 from tests.conftest import GEMINI_KEYS, ZJU_KEYS, upstream_env
 from tests.fakes import (
     Reply,
@@ -26,11 +26,6 @@ from tests.fakes import (
 )
 
 K0, K1, K2 = GEMINI_KEYS
-
-
-def ask(server, model="gemini-2.5-flash", **extra):
-    """A non-streaming Shape B request, the simplest way to see the final status."""
-    return post_chat(server, {"user_content": "hi", "model": model, **extra})
 
 
 def test_rotation_counts_are_exact_across_workers(server, gemini):
@@ -72,7 +67,7 @@ def test_429_fails_over_and_cools_the_key_for_that_model_only(server, gemini):
     assert gemini.keys_seen()[2:] == [K1, K2, K1], "the cooling key is skipped, not retried"
     gemini.reset()
     for _ in range(3):
-        assert ask(server, "gemini-2.5-pro").status_code == 200
+        assert ask(server, model="gemini-2.5-pro").status_code == 200
     assert K0 in gemini.keys_seen(), "the key still serves another model"
 
 
@@ -95,7 +90,7 @@ def test_invalid_key_is_skipped_for_every_model(server, gemini):
     assert shape_a_text(events(response)) == "You said: hi"
     assert gemini.keys_seen() == [K0, K1]
     for model in ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash", "gemma-3-4b-it"):
-        assert ask(server, model).status_code == 200
+        assert ask(server, model=model).status_code == 200
     assert gemini.keys_seen().count(K0) == 1
 
 
@@ -170,7 +165,7 @@ def test_per_day_quota_cools_until_midnight_pacific(server, gemini):
 def test_zju_429_uses_retry_after_header(server, openai):
     openai.script = lambda r: Reply(status=429, headers={"Retry-After": "40"}, chunks=[
         b'{"error": {"message": "Rate limit reached", "type": "rate_limit", "code": 429}}'])
-    response = ask(server, "deepseek-v3-671b")
+    response = ask(server, model="deepseek-v3-671b")
     assert response.status_code == 429
     assert 39 <= int(response.headers["Retry-After"]) <= 41
     assert sorted(openai.keys_seen()) == sorted(ZJU_KEYS)
@@ -196,7 +191,7 @@ def test_keys_never_appear_in_responses_or_logs(server, gemini, openai):
     openai.script = lambda r: openai_error(401, f"Incorrect API key provided: {r.key}.",
                                            "invalid_api_key")
     gemini.script = lambda r: gemini_error(400, "INVALID_ARGUMENT", f"Key {r.key} is odd.")
-    bodies = [ask(server, "deepseek-v3-671b").text, ask(server).text,
+    bodies = [ask(server, model="deepseek-v3-671b").text, ask(server).text,
               post_chat(server, {"message": "x", "model": "deepseek-v3-671b"}).text,
               requests.get(server.url + "/healthz", timeout=5).text,
               requests.get(server.url + "/", timeout=5).text]
@@ -244,18 +239,18 @@ def test_a_429_after_some_text_still_rests_the_key(server, gemini):
 def test_an_event_of_unexpected_shape_fails_over(server, openai):
     openai.script = lambda r: Reply(chunks=[b'data: {"choices": [{"delta": "odd"}]}\n\n']) \
         if r.key == ZJU_KEYS[0] else None
-    assert ask(server, "deepseek-v3-671b", stream=True).status_code == 200
+    assert ask(server, model="deepseek-v3-671b", stream=True).status_code == 200
     assert openai.keys_seen() == ZJU_KEYS
 
 
 def test_zju_keys_rotate_and_fail_over_on_401(server, openai):
     for _ in range(4):
-        assert ask(server, "deepseek-v3-671b").status_code == 200
+        assert ask(server, model="deepseek-v3-671b").status_code == 200
     assert Counter(openai.keys_seen()) == {ZJU_KEYS[0]: 2, ZJU_KEYS[1]: 2}
     openai.reset()
     server.reset_state()
     openai.valid_keys = {ZJU_KEYS[1]}
-    assert ask(server, "deepseek-v3-671b").status_code == 200
+    assert ask(server, model="deepseek-v3-671b").status_code == 200
     assert openai.keys_seen() == ZJU_KEYS
 
 
@@ -281,10 +276,10 @@ def test_a_forged_log_line_stays_on_one_line(server):
 def test_keys_without_a_known_prefix_are_redacted_even_in_long_messages(server, openai):
     secret = ZJU_KEYS[1]
     openai.script = lambda r: openai_error(400, "x" * 470 + f" bad key {r.key} here")
-    server_text = ask(server, "deepseek-v3-671b").text
+    server_text = ask(server, model="deepseek-v3-671b").text
     openai.reset()
     openai.script = lambda r: openai_error(400, "x" * 470 + f" bad key {r.key} here")
-    server_text += ask(server, "deepseek-v3-671b").text
+    server_text += ask(server, model="deepseek-v3-671b").text
     time.sleep(0.3)
     for text in (server_text, server.log()):
         assert secret[:12] not in text

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import REPO, upstream_env
+from tests.conftest import REPO, TOKEN
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_midstream_error, gemini_sse, gemini_stream
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
@@ -21,7 +21,6 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = REPO / "docs" / "screenshots"
 SCREENSHOT_LIMIT = 200 * 1024
-TOKEN = "page-token"
 PERSIAN = "سلام! چطور در پایتون یک فایل را خط به خط بخوانم؟"
 
 # Records what the page's Content-Security-Policy refused; injected by Playwright, so the
@@ -104,12 +103,6 @@ def page(context):
     yield page
     violations = [] if page.is_closed() else page.evaluate("window.__violations || []")
     assert problems == [] and violations == []
-
-
-@pytest.fixture(scope="module")
-def locked_server(start_gunicorn, fake_gemini, fake_openai):
-    """The app with ACCESS_TOKENS set."""
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS=TOKEN))
 
 
 def open_page(page, server):
@@ -326,8 +319,8 @@ def test_the_sidebar_folds_away_on_a_phone(page, server):
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
-def test_the_token_prompt_appears_on_401_and_the_retry_succeeds(page, locked_server, gemini):
-    open_page(page, locked_server)
+def test_the_token_prompt_appears_on_401_and_the_retry_succeeds(page, token_server, gemini):
+    open_page(page, token_server)
     send(page, "hello")
     dialog = page.locator("#token-dialog")
     expect(dialog).to_be_visible()
@@ -348,8 +341,8 @@ def test_the_token_prompt_appears_on_401_and_the_retry_succeeds(page, locked_ser
     expect(dialog).to_be_hidden()  # asked once, kept
 
 
-def test_a_cancelled_token_prompt_leaves_an_error_with_retry(page, locked_server, gemini):
-    open_page(page, locked_server)
+def test_a_cancelled_token_prompt_leaves_an_error_with_retry(page, token_server, gemini):
+    open_page(page, token_server)
     send(page, "hello")
     page.click("#token-cancel")
     error = page.locator(".message.error")

@@ -17,17 +17,12 @@ import pytest
 import requests
 
 from chatbridge.state import FileStateStore, MemoryStateStore, RedisStateStore
-from tests.client import events, post_chat, shape_a_text
+from tests.client import ask, events, post_chat, shape_a_text
 from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, REPO, ZJU_KEYS, free_port, upstream_env
 from tests.fakes import Reply, gemini_429, gemini_midstream_error, gemini_stream
 
 K0, K1, K2 = GEMINI_KEYS
 CHAT = "chat-0123456789abcdef"
-
-
-def ask(server, text="hi", headers=None, **extra):
-    return post_chat(server, {"user_content": text, "model": "gemini-2.5-flash", **extra},
-                     headers=headers)
 
 
 def sent_turns(fake) -> list:
@@ -212,7 +207,7 @@ def test_a_worker_killed_under_load_leaves_the_service_working(server, gemini):
 
 
 @pytest.fixture(scope="module", params=["files", "redis"])
-def token_server(request, start_gunicorn, fake_gemini, fake_openai, redis_server):
+def two_token_server(request, start_gunicorn, fake_gemini, fake_openai, redis_server):
     """An instance with access tokens, keeping its state in files or in Redis."""
     env = upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS="token-of-alice, token-of-bob",
                        UPLOAD_TTL_MINUTES="0.02")
@@ -222,11 +217,11 @@ def token_server(request, start_gunicorn, fake_gemini, fake_openai, redis_server
 
 
 @pytest.fixture
-def guarded(token_server, redis_server, gemini):
-    """The token server with its state (files and Redis alike) forgotten."""
-    token_server.reset_state()
+def guarded(two_token_server, redis_server, gemini):
+    """The two-token server with its state (files and Redis alike) forgotten."""
+    two_token_server.reset_state()
     redis_server.client.flushall()
-    return token_server
+    return two_token_server
 
 
 def bearer(token):

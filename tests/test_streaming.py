@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
-from tests.conftest import GEMINI_KEYS, free_port, upstream_env
+from tests.conftest import GEMINI_KEYS
 from tests.fakes import (
     Reply,
     gemini_blocked,
@@ -158,12 +158,6 @@ def test_200_concurrent_streams_finish_concurrently(server, gemini):
     assert results == [{"done": True}] * 200
     assert time.monotonic() - started < 15, "streams were served one after another"
     assert len(gemini.requests) == 200
-
-
-@pytest.fixture(scope="module")
-def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
-    dead = f"http://127.0.0.1:{free_port()}/v1beta"
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai, GEMINI_BASE_URL=dead))
 
 
 def test_an_unreachable_upstream_is_503(unreachable_server):
