@@ -105,7 +105,8 @@ class Settings:
         raw = self.environ.get(name, default)
         return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
 
-    def number(self, name: str, default, minimum: float = 0.0, kind=float):
+    def number(self, name: str, default, minimum: float = 0.0, kind=float,
+               maximum: float = math.inf):
         raw = self.text(name)
         if not raw:
             return default
@@ -113,9 +114,10 @@ class Settings:
             value = kind(raw)
         except ValueError:
             value = None
-        if value is None or value < minimum or not math.isfinite(value):
-            self.problems.append(f"{name} must be {NUMBER_NAMES[kind]} of at least {minimum:g}, "
-                                 f"not {raw!r}")
+        if value is None or not minimum <= value <= maximum or not math.isfinite(value):
+            bounds = f"from {minimum:g} to {maximum:g}" if maximum < math.inf else \
+                f"of at least {minimum:g}"
+            self.problems.append(f"{name} must be {NUMBER_NAMES[kind]} {bounds}, not {raw!r}")
             return default
         return value
 
@@ -156,7 +158,7 @@ def load_config(environ=None) -> Config:
         openai_compat_keys=openai_compat_keys,
         openai_compat_base_url=settings.url("ZJU_BASE_URL", Config.openai_compat_base_url),
         default_model=settings.text("DEFAULT_MODEL", fallback_model),
-        port=settings.number("PORT", 5000, 1, int),
+        port=settings.number("PORT", 5000, 1, int, 65535),
         cors_origins=settings.items("CORS_ORIGINS", "*") or ("*",),
         temp_data_dir=Path(data_dir) if data_dir else Config.temp_data_dir,
         max_upload_mb=settings.number("MAX_UPLOAD_MB", 20.0, 0.001),

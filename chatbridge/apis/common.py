@@ -88,7 +88,10 @@ def read_json_body() -> dict:
     """The request's JSON object body, or a clear 415/400."""
     if not request.is_json:
         raise ClientError("Content-Type must be application/json", 415)
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # the json module's own limit on nesting
+        raise ClientError("the body's JSON is nested too deeply") from None
     if body is None:
         raise ClientError("the body is not valid JSON")
     if not isinstance(body, dict):

@@ -51,6 +51,7 @@ def gemini_native(target: str):
     return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
+@bp.route("/v1beta/", defaults={"rest": ""}, methods=list(ANY_METHOD), strict_slashes=False)
 @bp.route("/v1beta/<path:rest>", methods=list(ANY_METHOD))
 def unknown(rest: str):
     """Any other /v1beta URL: a 404 (or 405) in Google's shape."""

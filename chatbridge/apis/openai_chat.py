@@ -47,6 +47,7 @@ def chat_completions():
     return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
 
 
+@bp.route("/v1/", defaults={"rest": ""}, methods=list(ANY_METHOD), strict_slashes=False)
 @bp.route("/v1/<path:rest>", methods=list(ANY_METHOD))
 def unknown(rest: str):
     """Any other /v1 URL: a 404 (or 405) in OpenAI's shape."""
