@@ -4,7 +4,10 @@ Everything lives in the chatbridge/ package. The app is built on first use of `a
 import (PEP 562), so importing this module reads no settings and creates nothing.
 """
 
+import sys
+
 from chatbridge import create_app
+from chatbridge.errors import ConfigError
 
 
 def __getattr__(name: str):
@@ -15,5 +18,8 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    app = create_app()
+    try:
+        app = create_app()
+    except ConfigError as error:
+        sys.exit(f"ChatBridge cannot start: {error}")  # the message, not a traceback
     app.run(host="0.0.0.0", port=app.extensions["chatbridge"].config.port, threaded=True)

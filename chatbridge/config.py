@@ -78,16 +78,28 @@ class Config:
         return [key.secret for key in self.gemini_keys + self.openai_compat_keys] + tokens
 
 
+KEY_SEPARATORS = re.compile(r"[,\r\n]+")  # commas, or one key a line as pasted from a file
+HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry of a key
+
+
 def parse_keys(raw: str) -> tuple:
-    """Split a comma-separated key list; `group:key` entries share a quota group."""
+    """Split a key list (commas or newlines, whitespace around them trimmed, empties and
+    repeats dropped); `group:key` entries share a quota group."""
     keys, seen = [], set()
-    for entry in raw.split(","):
+    for entry in KEY_SEPARATORS.split(raw):
         group, _, secret = entry.rpartition(":")
         group, secret = group.strip(), secret.strip()
         if secret and secret not in seen:
             seen.add(secret)
             keys.append(ApiKey(secret, f"group:{group}" if group else fingerprint(secret)))
     return tuple(keys)
+
+
+def unsendable_keys(name: str, keys: tuple) -> list:
+    """A problem for each key no HTTP header can carry, by position, never showing the key."""
+    return [f"{name}: key {position} has characters an HTTP header cannot carry (a key is "
+            "printable ASCII without spaces)"
+            for position, key in enumerate(keys, 1) if not HEADER_SAFE.fullmatch(key.secret)]
 
 
 class Settings:
@@ -99,6 +111,12 @@ class Settings:
 
     def text(self, name: str, default: str = "") -> str:
         return self.environ.get(name, "").strip() or default
+
+    def keys(self, name: str) -> tuple:
+        """An upstream's keys (parse_keys), each one checked for what a header can carry."""
+        keys = parse_keys(self.text(name))
+        self.problems += unsendable_keys(name, keys)
+        return keys
 
     def items(self, name: str, default: str = "") -> tuple:
         """A comma-separated list, trimmed, without empty entries or repeats."""
@@ -146,8 +164,8 @@ def load_config(environ=None) -> Config:
     """Build the Config from environment variables (os.environ unless given), naming every
     problem at once in a ConfigError."""
     settings = Settings(os.environ if environ is None else environ)
-    gemini_keys = parse_keys(settings.text("ALL_GEMINI_API_KEYS"))
-    openai_compat_keys = parse_keys(settings.text("ZJU_API_KEY"))
+    gemini_keys = settings.keys("ALL_GEMINI_API_KEYS")
+    openai_compat_keys = settings.keys("ZJU_API_KEY")
     gemini_model = settings.text("GEMINI_MODEL", Config.gemini_model)
     fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if openai_compat_keys else ECHO_MODEL
     data_dir = settings.text("TEMP_DATA_DIR")
