@@ -1,7 +1,10 @@
-"""Fixtures: fake upstreams on 127.0.0.1 and the app under real gunicorn with gevent workers."""
+"""Fixtures: fake upstreams on 127.0.0.1; the app in this process (`app`, `client`) for
+requests that only meet validation or an error, and under real gunicorn with gevent workers
+for streaming, concurrency, disconnects, state shared by workers, and logs."""
 
 import base64
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -15,6 +18,8 @@ import pytest
 import redis
 import requests
 
+from chatbridge import create_app
+from chatbridge.config import load_config
 from tests.fakes import FakeGemini, FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +27,7 @@ GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
                "AIzaFakeGeminiKeyNumber3cccc"]
 ADMIN_TOKEN = "admin-token-for-tests-0001"
 TOKEN = "access-token-for-tests-0001"  # the one ACCESS_TOKENS of token_server
+TOKEN_SETTINGS = {"ACCESS_TOKENS": TOKEN}
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PNG = base64.b64decode(PNG_B64)  # one pixel
 ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "zjuprivatekey0123456789abcdefTwo2222"]  # one without a known prefix
@@ -166,7 +172,7 @@ def server(main_server, gemini, openai):
 @pytest.fixture(scope="session")
 def token_server(start_gunicorn, fake_gemini, fake_openai):
     """The app with ACCESS_TOKENS=TOKEN."""
-    return start_gunicorn(upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS=TOKEN))
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, **TOKEN_SETTINGS))
 
 
 def unreachable_settings() -> dict:
@@ -178,6 +184,30 @@ def unreachable_settings() -> dict:
 @pytest.fixture(scope="session")
 def unreachable_server(start_gunicorn, fake_gemini, fake_openai):
     return start_gunicorn(upstream_env(fake_gemini, fake_openai, **unreachable_settings()))
+
+
+@pytest.fixture
+def make_app(tmp_path, gemini, openai):
+    """Builds the app in this process from upstream_env's settings and any others given."""
+    numbers = itertools.count()
+
+    def make(**settings):
+        state = tmp_path / f"state-{next(numbers)}"
+        return create_app(load_config({**upstream_env(gemini, openai, **settings),
+                                       "TEMP_DATA_DIR": str(state)}))
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    """The app in this process, as Flask's tutorial tests it: upstream_env's keys and fakes."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client for `app`: requests without a socket."""
+    return app.test_client()
 
 
 class RedisServer:

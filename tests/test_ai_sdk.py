@@ -125,7 +125,7 @@ def test_the_stream_has_the_protocol_header_and_ends_with_done(server, gemini):
      "data: URL"),
     ([{"role": "user", "parts": [{"type": "text", "text": "  "}]}], "last message"),
 ])
-def test_bad_ui_messages_are_400(server, gemini, messages, words):
-    response = requests.post(server.url + "/api/chat", json={"messages": messages}, timeout=10)
-    assert response.status_code == 400 and words in response.json()["error"]
+def test_bad_ui_messages_are_400(client, gemini, messages, words):
+    response = client.post("/api/chat", json={"messages": messages})
+    assert response.status_code == 400 and words in response.json["error"]
     assert gemini.requests == []

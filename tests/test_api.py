@@ -1,6 +1,8 @@
-"""The two source contracts on /api/chat, uploads and the small endpoints, under gunicorn."""
+"""The two source contracts on /api/chat, uploads and the small endpoints: answers under
+gunicorn; validation, Flask's own errors and the small endpoints in this process."""
 
 import base64
+import io
 
 import pytest
 import requests
@@ -134,70 +136,6 @@ def test_zju_image_goes_as_an_image_url_part_and_text_files_inline(server, opena
     assert "خط دو" in openai.requests[-1].json["messages"][-1]["content"]
 
 
-def test_zju_refuses_a_pdf_before_contacting_the_upstream(server, openai):
-    pdf = {"mime_type": "application/pdf", "data": base64.b64encode(b"%PDF-1.4").decode()}
-    response = post_chat(server, {"message": "read", "model": "deepseek-v3-671b", "file_data": pdf})
-    assert response.status_code == 400
-    assert "application/pdf" in response.json()["error"]
-    assert openai.requests == []
-
-
-@pytest.mark.parametrize("body, status, words", [
-    ({"message": "   "}, 400, "empty"),
-    ({"user_content": ""}, 400, "empty"),
-    ({"nothing": 1}, 400, "message"),
-    ({"message": "hi", "temperature": "hot"}, 400, "temperature"),
-    ({"message": "hi", "max_tokens": -3}, 400, "max_tokens"),
-    ({"message": "hi", "history": [{"role": "robot", "content": "x"}]}, 400, "history[0]"),
-    ({"message": "hi", "history": "nope"}, 400, "history"),
-    ({"message": "hi", "file_data": {"mime_type": "image/png", "data": "@@notbase64@@"}}, 400,
-     "base64"),
-    ({"message": "hi", "file_data": "x"}, 400, "file_data"),
-    ({"user_content": "hi", "stream": "yes"}, 400, "stream"),
-    ({"message": 5}, 400, "message"),
-    ({"message": "hi", "model": ""}, 400, "model"),
-])
-def test_invalid_fields_are_400_naming_the_problem(server, gemini, body, status, words):
-    response = post_chat(server, body)
-    assert response.status_code == status
-    assert words in response.json()["error"]
-    assert gemini.requests == []
-
-
-@pytest.mark.parametrize("data, headers, status", [
-    (b"{not json", {"Content-Type": "application/json"}, 400),
-    (b"[1, 2]", {"Content-Type": "application/json"}, 400),
-    (b'{"user_content": "hi"}', {"Content-Type": "text/plain"}, 415),
-    (b'{"message": "hi"}', {}, 415),
-])
-def test_malformed_bodies_get_json_errors(server, data, headers, status):
-    response = requests.post(server.url + "/api/chat", data=data, headers=headers, timeout=10)
-    assert response.status_code == status
-    assert response.headers["Content-Type"] == "application/json"
-    assert response.json()["error"]
-
-
-def test_flask_own_errors_are_json(server):
-    for method, path, status in [("GET", "/api/chat", 405), ("POST", "/api/nothing", 404),
-                                 ("GET", "/api/upload", 405)]:
-        response = requests.request(method, server.url + path, timeout=10)
-        assert response.status_code == status
-        assert response.json()["error"]
-    too_big = b'{"message": "' + b"a" * (28 * 1024 * 1024) + b'"}'
-    response = requests.post(server.url + "/api/chat", data=too_big, timeout=30,
-                             headers={"Content-Type": "application/json"})
-    assert response.status_code == 413
-    assert "MB" in response.json()["error"]
-
-
-def test_inline_file_over_the_limit_is_413(server, gemini):
-    data = base64.b64encode(b"\0" * (20 * 1024 * 1024 + 10)).decode()
-    response = post_chat(server, {"message": "x", "file_data": {"mime_type": "image/png",
-                                                                "data": data}})
-    assert response.status_code == 413
-    assert gemini.requests == []
-
-
 def test_upload_returns_base64_file_data(server):
     response = requests.post(server.url + "/api/upload", timeout=10,
                              files={"file": ("pixel.png", PNG, "image/png")})
@@ -216,16 +154,6 @@ def test_upload_guesses_a_missing_or_generic_type(server, sent_type):
     assert response.json()["file_data"]["mime_type"] == "application/pdf"
 
 
-def test_upload_errors(server):
-    missing = requests.post(server.url + "/api/upload", files={"other": ("a.txt", b"x")}, timeout=10)
-    assert missing.status_code == 400 and "file" in missing.json()["error"]
-    unnamed = requests.post(server.url + "/api/upload", files={"file": ("", b"x")}, timeout=10)
-    assert unnamed.status_code == 400
-    big = requests.post(server.url + "/api/upload", timeout=30,
-                        files={"file": ("big.bin", b"\0" * (20 * 1024 * 1024 + 1))})
-    assert big.status_code == 413 and "20 MB" in big.json()["error"]
-
-
 def test_uploaded_file_goes_to_gemini_inline(server, gemini):
     file_data = requests.post(server.url + "/api/upload", timeout=10,
                               files={"file": ("pixel.png", PNG, "image/png")}).json()["file_data"]
@@ -234,47 +162,121 @@ def test_uploaded_file_goes_to_gemini_inline(server, gemini):
     assert part["inline_data"] == {"mime_type": "image/png", "data": file_data["data"]}
 
 
-def test_root_answers_json_to_curl_and_html_to_browsers(server):
-    as_curl = requests.get(server.url + "/", headers={"Accept": "*/*"}, timeout=10)
-    assert as_curl.json()["providers"] == {"gemini": 3, "zju": 2}
-    assert as_curl.json()["message"]
-    as_browser = requests.get(server.url + "/", timeout=10, headers={
+# ---------------------------------------------------------------- in this process: refusals and small endpoints
+
+
+def test_zju_refuses_a_pdf_before_contacting_the_upstream(client, openai):
+    pdf = {"mime_type": "application/pdf", "data": base64.b64encode(b"%PDF-1.4").decode()}
+    response = client.post("/api/chat", json={"message": "read", "model": "deepseek-v3-671b", "file_data": pdf})
+    assert response.status_code == 400
+    assert "application/pdf" in response.json["error"]
+    assert openai.requests == []
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"message": "   "}, 400, "empty"),
+    ({"user_content": ""}, 400, "empty"),
+    ({"nothing": 1}, 400, "message"),
+    ({"message": "hi", "temperature": "hot"}, 400, "temperature"),
+    ({"message": "hi", "max_tokens": -3}, 400, "max_tokens"),
+    ({"message": "hi", "history": [{"role": "robot", "content": "x"}]}, 400, "history[0]"),
+    ({"message": "hi", "history": "nope"}, 400, "history"),
+    ({"message": "hi", "file_data": {"mime_type": "image/png", "data": "@@notbase64@@"}}, 400,
+     "base64"),
+    ({"message": "hi", "file_data": "x"}, 400, "file_data"),
+    ({"user_content": "hi", "stream": "yes"}, 400, "stream"),
+    ({"message": 5}, 400, "message"),
+    ({"message": "hi", "model": ""}, 400, "model"),
+])
+def test_invalid_fields_are_400_naming_the_problem(client, gemini, body, status, words):
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == status
+    assert words in response.json["error"]
+    assert gemini.requests == []
+
+
+@pytest.mark.parametrize("data, headers, status", [
+    (b"{not json", {"Content-Type": "application/json"}, 400),
+    (b"[1, 2]", {"Content-Type": "application/json"}, 400),
+    (b'{"user_content": "hi"}', {"Content-Type": "text/plain"}, 415),
+    (b'{"message": "hi"}', {}, 415),
+])
+def test_malformed_bodies_get_json_errors(client, data, headers, status):
+    response = client.post("/api/chat", data=data, headers=headers)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json["error"]
+
+
+def test_flask_own_errors_are_json(client):
+    for method, path, status in [("GET", "/api/chat", 405), ("POST", "/api/nothing", 404),
+                                 ("GET", "/api/upload", 405)]:
+        response = client.open(path, method=method)
+        assert response.status_code == status
+        assert response.json["error"]
+    too_big = b'{"message": "' + b"a" * (28 * 1024 * 1024) + b'"}'
+    response = client.post("/api/chat", data=too_big, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "MB" in response.json["error"]
+
+
+def test_inline_file_over_the_limit_is_413(client, gemini):
+    data = base64.b64encode(b"\0" * (20 * 1024 * 1024 + 10)).decode()
+    response = client.post("/api/chat", json={"message": "x", "file_data": {"mime_type": "image/png",
+                                                                            "data": data}})
+    assert response.status_code == 413
+    assert gemini.requests == []
+
+
+def test_upload_errors(client):
+    missing = client.post("/api/upload", data={"other": (io.BytesIO(b"x"), "a.txt")})
+    assert missing.status_code == 400 and "file" in missing.json["error"]
+    unnamed = client.post("/api/upload", data={"file": (io.BytesIO(b"x"), "")})
+    assert unnamed.status_code == 400
+    big = client.post("/api/upload", data={"file": (io.BytesIO(b"\0" * (20 * 1024 * 1024 + 1)), "big.bin")})
+    assert big.status_code == 413 and "20 MB" in big.json["error"]
+
+
+def test_upload_over_the_request_limit_is_a_json_413(client):
+    response = client.post("/api/upload", data={"file": (io.BytesIO(b"\0" * (28 * 1024 * 1024)), "big.bin")})
+    assert response.status_code == 413
+    assert "MB" in response.json["error"]
+
+
+def test_a_model_name_with_control_characters_is_refused(client, gemini):
+    response = client.post("/api/chat", json={"message": "x", "model": "gemini\r\nx"})
+    assert response.status_code == 400 and "model" in response.json["error"]
+    assert gemini.requests == []
+
+
+def test_root_answers_json_to_curl_and_html_to_browsers(client):
+    as_curl = client.get("/", headers={"Accept": "*/*"})
+    assert as_curl.json["providers"] == {"gemini": 3, "zju": 2}
+    assert as_curl.json["message"]
+    as_browser = client.get("/", headers={
         "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
     assert as_browser.headers["Content-Type"].startswith("text/html")
     assert "<form" in as_browser.text
 
 
-def test_healthz_counts_keys_and_shows_none(server):
-    body = requests.get(server.url + "/healthz", timeout=10).json()
+def test_healthz_counts_keys_and_shows_none(client):
+    body = client.get("/healthz").json
     assert body == {"status": "ok", "providers": {"gemini": 3, "zju": 2}}
 
 
-def test_cors_preflight_is_answered(server):
-    response = requests.options(server.url + "/api/chat", timeout=10, headers={
+def test_cors_preflight_is_answered(client):
+    response = client.options("/api/chat", headers={
         "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "http://localhost:3000")
 
 
-def test_upload_over_the_request_limit_is_a_json_413(server):
-    response = requests.post(server.url + "/api/upload", timeout=30,
-                             files={"file": ("big.bin", b"\0" * (28 * 1024 * 1024))})
-    assert response.status_code == 413
-    assert "MB" in response.json()["error"]
-
-
-def test_a_model_name_with_control_characters_is_refused(server, gemini):
-    response = post_chat(server, {"message": "x", "model": "gemini\r\nx"})
-    assert response.status_code == 400 and "model" in response.json()["error"]
-    assert gemini.requests == []
-
-
-def test_the_page_is_served_with_a_strict_policy(server):
-    page = requests.get(server.url + "/", headers={"Accept": "text/html"}, timeout=5)
+def test_the_page_is_served_with_a_strict_policy(client):
+    page = client.get("/", headers={"Accept": "text/html"})
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "style-src 'self'" in policy
     assert "unsafe-inline" not in policy
-    for response in (page, requests.get(server.url + "/healthz", timeout=5)):
+    for response in (page, client.get("/healthz")):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Referrer-Policy"] == "no-referrer"

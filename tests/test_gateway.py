@@ -16,7 +16,15 @@ from openai import AsyncOpenAI, OpenAI
 from chatbridge.config import load_config
 from chatbridge.service import Service
 from tests.client import sse_data
-from tests.conftest import GEMINI_KEYS, PNG_B64, TOKEN, ZJU_KEYS, upstream_env
+from tests.conftest import (
+    GEMINI_KEYS,
+    PNG_B64,
+    TOKEN,
+    TOKEN_SETTINGS,
+    ZJU_KEYS,
+    unreachable_settings,
+    upstream_env,
+)
 from tests.fakes import (
     Reply,
     count_tokens,
@@ -36,6 +44,7 @@ from tests.fakes import (
 
 TIMEOUT = 30
 CLIENT_KEY = "client-key-that-must-stay-here"
+CLIENT_AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 K0, K1, K2 = GEMINI_KEYS
 PNG_URL = "data:image/png;base64," + PNG_B64
 SIGNATURE = base64.b64encode(b"opaque thought signature").decode()
@@ -44,7 +53,9 @@ WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
+HELLO = [{"role": "user", "content": "hello"}]
 PROVIDER_MODELS = ["gemini-2.5-flash", "deepseek-v3-671b"]
+ZJU_ONLY = {"ALL_GEMINI_API_KEYS": ""}
 ANSWERS = {"echo": "hello", "gemini-2.5-flash": "You said: hello", "deepseek-v3-671b": "You said: hello"}
 
 
@@ -53,9 +64,14 @@ ANSWERS = {"echo": "hello", "gemini-2.5-flash": "You said: hello", "deepseek-v3-
 @pytest.fixture(scope="module")
 def zju_only_server(start_gunicorn, fake_gemini, fake_openai):
     """Keys for the OpenAI-compatible upstream only: Gemini models have no provider."""
-    env = upstream_env(fake_gemini, fake_openai)
-    del env["ALL_GEMINI_API_KEYS"]
-    return start_gunicorn(env)
+    return start_gunicorn(upstream_env(fake_gemini, fake_openai, **ZJU_ONLY))
+
+
+def settings_of(name):
+    """What the server fixture so named adds to upstream_env, for the same app in this process."""
+    if name == "unreachable_server":
+        return unreachable_settings()
+    return {"server": {}, "zju_only_server": ZJU_ONLY, "token_server": TOKEN_SETTINGS}[name]
 
 
 @pytest.fixture
@@ -88,12 +104,12 @@ def google_client():
         client.close()
 
 
-def create(server, client="sync", api_key=CLIENT_KEY, **params):
+def create(server, sdk_kind="sync", api_key=CLIENT_KEY, **params):
     """chat.completions.create with the sync or async SDK: a ChatCompletion, or every chunk of a stream."""
     params.setdefault("model", "gemini-2.5-flash")
-    params.setdefault("messages", [{"role": "user", "content": "hello"}])
+    params.setdefault("messages", HELLO)
     stream = params.get("stream")
-    if client == "sync":
+    if sdk_kind == "sync":
         with openai_client(server, api_key) as sdk:
             result = sdk.chat.completions.create(**params)
             return list(result) if stream else result
@@ -151,13 +167,6 @@ def assert_pool_keys_only(fake, pool, secret=CLIENT_KEY):
         assert secret not in json.dumps([recorded.headers, recorded.query]) + recorded.body.decode()
 
 
-def raw_chat(server, body, headers=None, stream=False):
-    """POST /v1/chat/completions with plain requests."""
-    headers = {"Authorization": f"Bearer {CLIENT_KEY}"} if headers is None else headers
-    return requests.post(server.url + "/v1/chat/completions", json=body, headers=headers, stream=stream,
-                         timeout=TIMEOUT)
-
-
 def weather_reply(recorded, signature=None):
     """Fake Gemini: call get_weather, then answer once the function response is there."""
     contents = (recorded.json or {}).get("contents") or []
@@ -204,12 +213,12 @@ def test_the_google_sdk_parses_the_fake_function_calls_counts_and_models(gemini)
 
 # ---------------------------------------------------------------- OpenAI SDK: answers
 
-@pytest.mark.parametrize("client", ["sync", "async"])
+@pytest.mark.parametrize("sdk_kind", ["sync", "async"])
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["echo", *PROVIDER_MODELS])
-def test_openai_sdk_gets_the_answer(server, gemini, openai, model, stream, client):
+def test_openai_sdk_gets_the_answer(server, gemini, openai, model, stream, sdk_kind):
     options = {"stream_options": {"include_usage": True}} if stream else {}
-    result = create(server, client, model=model, stream=stream, **options)
+    result = create(server, sdk_kind, model=model, stream=stream, **options)
     text, _, calls, finish = outcome(result)
     assert (text, calls, finish) == (ANSWERS[model], [], "stop")
     if stream:
@@ -233,8 +242,8 @@ def test_a_stream_without_include_usage_has_no_usage_chunk(server, model):
 
 @pytest.mark.parametrize("model", ["echo", *PROVIDER_MODELS])
 def test_the_raw_stream_ends_with_done(server, model):
-    response = raw_chat(server, {"model": model, "stream": True,
-                                 "messages": [{"role": "user", "content": "hello"}]})
+    response = requests.post(server.url + "/v1/chat/completions", headers=CLIENT_AUTH, timeout=TIMEOUT,
+                             json={"model": model, "stream": True, "messages": HELLO})
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.text.endswith("data: [DONE]\n\n")
@@ -355,9 +364,6 @@ def test_an_openai_upstream_tool_call_round_trip(server, openai, stream):
 
 # ---------------------------------------------------------------- OpenAI SDK: errors and statuses
 
-HELLO = [{"role": "user", "content": "hello"}]
-
-
 def every_key_429(recorded):
     return gemini_429("30s")
 
@@ -425,13 +431,14 @@ def test_openai_sdk_sees_honest_statuses(use, gemini, stream, name, script, fiel
 
 
 @pytest.mark.parametrize("name, script, fields, status, code, words", ERRORS)
-def test_every_error_has_the_openai_shape(use, gemini, openai, name, script, fields, status, code, words):
-    target = use(name)
+def test_every_error_has_the_openai_shape(make_app, gemini, openai, name, script, fields, status, code, words):
+    client = make_app(**settings_of(name)).test_client()
     gemini.script = script
-    response = raw_chat(target, {"model": "gemini-2.5-flash", "messages": HELLO, **fields})
+    response = client.post("/v1/chat/completions", headers=CLIENT_AUTH,
+                           json={"model": "gemini-2.5-flash", "messages": HELLO, **fields})
     assert response.status_code == status
     assert response.headers["Content-Type"].startswith("application/json")
-    body = response.json()
+    body = response.json
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     if code:
@@ -671,9 +678,10 @@ def test_the_clients_own_fields_reach_an_openai_compatible_upstream(server, open
     ([QUESTION, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
         "name": "f", "arguments": {"a": 1}}}]}], "JSON string"),
 ])
-def test_malformed_tool_messages_are_400(server, gemini, messages, words):
-    response = raw_chat(server, {"model": "gemini-2.5-flash", "messages": messages})
-    assert response.status_code == 400 and words in response.json()["error"]["message"]
+def test_malformed_tool_messages_are_400(client, gemini, messages, words):
+    response = client.post("/v1/chat/completions", headers=CLIENT_AUTH,
+                           json={"model": "gemini-2.5-flash", "messages": messages})
+    assert response.status_code == 400 and words in response.json["error"]["message"]
     assert gemini.requests == []
 
 

@@ -151,14 +151,16 @@ def test_an_aborted_answer_adds_nothing(server, gemini):
 
 
 @pytest.mark.parametrize("chat_id", ["short", "x" * 65, "has space in it....", "ünïcode-chat-id-1"])
-def test_a_malformed_chat_id_is_400(server, gemini, chat_id):
-    assert ask(server, chat_id=chat_id).status_code == 400
+def test_a_malformed_chat_id_is_400(client, gemini, chat_id):
+    body = {"user_content": "hi", "model": "gemini-2.5-flash", "chat_id": chat_id}
+    assert client.post("/api/chat", json=body).status_code == 400
     assert gemini.requests == []
 
 
-def test_an_unknown_file_id_is_404(server, gemini):
-    response = ask(server, file_id="file-doesnotexist000000000")
-    assert response.status_code == 404 and "file_id" in response.json()["error"]
+def test_an_unknown_file_id_is_404(client, gemini):
+    body = {"user_content": "hi", "model": "gemini-2.5-flash", "file_id": "file-doesnotexist000000000"}
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == 404 and "file_id" in response.json["error"]
 
 
 def take_turns_forever(directory):
