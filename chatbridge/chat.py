@@ -86,12 +86,41 @@ class Delta(NamedTuple):
     """One neutral piece of an answer.
 
     kind: text and reasoning (str), tool_call ({"index", "id", "name", "arguments",
-    "signature"}), usage (OpenAI's usage dict), finish (an OpenAI finish_reason), and for
-    Gemini's passed-through API event (an SSE data payload) and bytes (raw body bytes).
+    "signature"}), usage (OpenAI's usage dict), finish (a Finish), and for Gemini's
+    passed-through API event (an SSE data payload) and bytes (raw body bytes).
     """
 
     kind: str
     value: Any
+
+
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "other", "error")
+COMPLETE_FINISHES = ("stop", "tool_calls")  # an answer that ended as the model meant it to
+
+
+class Finish(str):
+    """How an answer ended, in the neutral vocabulary FINISH_REASONS, remembering the
+    upstream's own word for it (Gemini's finishReason, OpenAI's finish_reason).
+
+    stop: the model finished; length: the token limit cut it; content_filter: a safety,
+    recitation, blocklist or similar filter stopped it; tool_calls: it asks for tools; other:
+    any reason the client API cannot say more precisely; error: the answer is unusable (a
+    malformed tool call), which the relay turns into an error naming the reason. It compares
+    equal to its neutral reason, so `finish == "length"` reads as it should.
+    """
+
+    upstream: str
+    detail: str  # for an "error" ending: what it means, for the error message
+    failure: str  # for an "error" ending: the UpstreamError kind it is (chatbridge.errors)
+
+    def __new__(cls, reason: str, upstream: str = "", detail: str = "", failure: str = "unusable"):
+        finish = super().__new__(cls, reason)
+        finish.upstream, finish.detail, finish.failure = upstream or reason, detail, failure
+        return finish
+
+    @property
+    def complete(self) -> bool:
+        return self in COMPLETE_FINISHES
 
 
 def parse_json(text: Any) -> Any:

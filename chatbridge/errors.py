@@ -18,12 +18,15 @@ UpstreamError.kind, decided by classify_failure and its siblings below:
 - invalid_key: 401, 403, or a 400 naming API_KEY_INVALID or API_KEY_EXPIRED. The key rests an
   hour for every model.
 - server: 5xx (and any status under 400 that is not 200).
-- rejected: any other 4xx, and a prompt Gemini blocked: the request's own fault. It is returned
-  at once; no other key is spent on it and the key is not blamed.
+- rejected: any other 4xx, a prompt Gemini blocked, an answer a filter or the token limit
+  stopped before any text: the request's own fault. It is returned at once; no other key is
+  spent on it and the key is not blamed.
+- unusable: the model's answer cannot be used (it ended with a malformed function call):
+  not the key's fault, and not retried, since another key runs the same model.
 - broken: an error event inside a 200 stream, a cut-off stream, an event of unexpected shape,
   an answer without content, a read timeout.
 - unreachable: no connection could be made.
-Every kind but rejected fails over to the next key.
+Every kind but rejected and unusable fails over to the next key.
 
 Each client API renders these in its own format (chatbridge/apis/); `requests` and urllib3
 exceptions become UpstreamErrors only in failure_from_exception.
@@ -109,8 +112,14 @@ class UpstreamError(ChatBridgeError):
 
     @property
     def failover(self) -> bool:
-        """Whether another key may do better: every kind but the request's own fault."""
-        return self.kind != "rejected"
+        """Whether another key may do better: not for the request's own fault, nor for an
+        answer the model made unusable."""
+        return self.kind not in ("rejected", "unusable")
+
+    @property
+    def blames_key(self) -> bool:
+        """Whether the failure counts against the key that was used."""
+        return self.failover
 
 
 def error_details(error: Any) -> list:

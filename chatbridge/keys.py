@@ -13,9 +13,9 @@ The rules, in the order a request meets them:
    come back, else gets 429 with Retry-After at once, so the upstream is not hammered; when
    every key rests as invalid it gets 503.
 4. Failover. A request tries its keys in order until one gives a usable answer; it fails
-   over on every UpstreamError kind but `rejected` (the request's own fault, returned at once
-   without blaming the key). Once the client has seen content, there is no failover: the
-   stream ends with an error instead.
+   over on every UpstreamError kind but `rejected` (the request's own fault) and `unusable`
+   (an answer the model itself broke), which are returned at once without blaming the key.
+   Once the client has seen content, there is no failover: the stream ends with an error.
 5. Counting. Every attempt counts against its key (requests, failures, last error, last
    use), shown by GET /api/keys with only the key's last four characters.
 """
@@ -131,7 +131,7 @@ class KeyPool:
             marks[quota_mark(key, model)] = rest_until(failure, now)
         elif failure is not None and failure.kind == "invalid_key":
             marks[invalid_mark(key)] = now + INVALID_KEY_COOLDOWN
-        if failure is not None and failure.kind == "rejected":
+        if failure is not None and not failure.blames_key:
             failure = None  # the request's own fault does not count against the key
         error = f"{failure.kind}: {self.redactor.public_text(failure.message)}" if failure else None
         self.store.note_attempt(self.provider.name, key.id, marks, error, new_attempt)
@@ -157,7 +157,7 @@ class KeyPool:
                 log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
-                    raise self.rejected(failure) from None
+                    raise self.not_retried(failure) from None
                 if failure.kind == "rate_limit":
                     exhausted_groups.add(key.group)
                 failures.append(failure)
@@ -167,14 +167,15 @@ class KeyPool:
         cancel.check()
         raise self.give_up(model, plan, failures)
 
-    def rejected(self, failure: UpstreamError) -> UpstreamError:
-        """The error for a request the upstream refused as the request's own fault."""
+    def not_retried(self, failure: UpstreamError) -> UpstreamError:
+        """The error for a failure no other key would mend: the request's own fault, or an
+        answer the model made unusable."""
         message = failure.message if failure.upstream_status is None else \
             f"{self.provider.display_name} answered with an error ({failure.upstream_status}): " \
             f"{failure.message}"
         body = self.redactor.redact(failure.body.decode("utf-8", "replace")).encode() \
             if failure.body else None
-        return UpstreamError("rejected", message, failure.upstream_status, body=body)
+        return UpstreamError(failure.kind, message, failure.upstream_status, body=body, status=500)
 
     def give_up(self, model: str, plan: KeyPlan, failures: list) -> Exception:
         """The error for a request whose attempts all failed."""

@@ -20,7 +20,7 @@ import gevent
 import requests
 from gevent import monkey
 
-from .chat import FIRST_TOKEN_KINDS
+from .chat import COMPLETE_FINISHES, FIRST_TOKEN_KINDS
 from .errors import ChatBridgeError, ClientGone, UpstreamError
 from .logs import RequestLog, log
 from .sse import PING, StreamWriter
@@ -118,9 +118,10 @@ def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Ca
           ping_seconds: float, on_success: Callable | None = None) -> Iterator:
     """Write an answer's deltas to the client; any failure becomes one terminal error event.
 
-    on_success(text) runs with the whole answer's text before the client is told it is done.
+    on_success(text) runs with the whole answer's text before the client is told it is done,
+    if the answer really completed (chatbridge.chat.COMPLETE_FINISHES).
     """
-    texts = []
+    texts, finish = [], None
     try:
         yield writer.start()
         for item in with_heartbeats(source, ping_seconds, cancel):
@@ -131,8 +132,10 @@ def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Ca
                 record.mark_first_token()
             if item.kind == "text" and on_success:
                 texts.append(item.value)
+            elif item.kind == "finish":
+                finish = item.value
             yield writer.event(item)
-        if on_success:
+        if on_success and finish in COMPLETE_FINISHES:
             on_success("".join(texts))
         yield writer.done()
     except GeneratorExit:

@@ -286,7 +286,7 @@ class ChunkWriter(StreamWriter):
         if delta.kind == "usage":
             self.usage = delta.value
             return b""
-        finish = "tool_calls" if self.calls and delta.value == "stop" else delta.value
+        finish = openai_finish(delta.value, bool(self.calls))
         extra = {"usage": self.usage} if self.usage and not self.gateway else {}
         return self.chunk({}, finish, **extra)
 
@@ -324,6 +324,14 @@ def tool_call_entry(call: dict) -> dict:
     return entry
 
 
+def openai_finish(finish: str, called_tools: bool) -> str:
+    """A neutral finish reason as OpenAI's finish_reason (stop, length, content_filter,
+    tool_calls): an answer that called tools and stopped is tool_calls; other is stop."""
+    if finish in ("stop", "other"):
+        return "tool_calls" if called_tools else "stop"
+    return str(finish)
+
+
 def completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
@@ -347,7 +355,7 @@ def completion_from_deltas(deltas: Iterable, model: str) -> dict:
             else:
                 calls[index] = tool_call_entry(delta.value)
         elif delta.kind == "finish":
-            finish = delta.value
+            finish = openai_finish(delta.value, False)
         elif delta.kind == "usage":
             usage = delta.value
     message = {"role": "assistant", "content": "".join(texts["text"]) or (None if calls else "")}
@@ -355,7 +363,7 @@ def completion_from_deltas(deltas: Iterable, model: str) -> dict:
         message["reasoning_content"] = "".join(texts["reasoning"])
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        finish = "tool_calls" if finish == "stop" else finish
+        finish = openai_finish(finish, True)
     return {"id": completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage}

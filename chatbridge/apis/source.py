@@ -61,8 +61,10 @@ def chat():
     record = note_request(chat)
     plan, cancel = svc.reserve(chat), Cancel()
     if chat.shape == "B" and not chat.stream:
-        completion = completion_of(svc.complete(chat, plan, cancel, record), chat.model)
-        remember(completion["choices"][0]["message"].get("content") or "")
+        answer = svc.complete(chat, plan, cancel, record)
+        completion = completion_of(answer, chat.model)
+        if answer.complete:
+            remember(completion["choices"][0]["message"].get("content") or "")
         return jsonify(completion)
     if chat.shape == "A":
         source = lazy_answer(svc, chat, plan, cancel, record)
@@ -219,12 +221,19 @@ def parse_file_id(body: dict, uploads: Callable) -> tuple:
 
 
 class ShapeAWriter(StreamWriter):
-    """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}."""
+    """The Persian source's stream: {"text"}, {"reasoning"}, then {"done"} or {"error"}. The
+    terminal event names how the answer ended when that was not a plain stop,
+    {"done": true, "finish_reason": "length"}; the source's frontends read only `done`."""
+
+    def __init__(self):
+        self.finish = "stop"
 
     def event(self, delta: Delta) -> bytes:
         if delta.kind in TEXT_KINDS:
             return sse({delta.kind: delta.value})
+        if delta.kind == "finish":
+            self.finish = str(delta.value)
         return b""
 
     def done(self) -> bytes:
-        return sse({"done": True})
+        return sse({"done": True} if self.finish == "stop" else {"done": True, "finish_reason": self.finish})

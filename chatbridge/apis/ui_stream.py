@@ -40,6 +40,10 @@ def parse_messages(raw: Any, config: Config) -> tuple:
     return "\n\n".join(s for s in system if s.strip()) or None, turns
 
 
+AI_SDK_FINISHES = {"stop": "stop", "length": "length", "content_filter": "content-filter",
+                   "tool_calls": "tool-calls"}  # the AI SDK's FinishReason names
+
+
 class UIMessageWriter(StreamWriter):
     """The AI SDK 5 UI message stream that useChat reads."""
 
@@ -48,11 +52,12 @@ class UIMessageWriter(StreamWriter):
     def __init__(self):
         self.part = None  # (kind, id) of the text or reasoning part being written
         self.parts = 0
+        self.finish = "stop"
 
     def start(self) -> bytes:
         return sse({"type": "start", "messageId": "msg-" + uuid.uuid4().hex})
 
-    def event(self, delta: Delta) -> bytes:
+    def text_event(self, delta: Delta) -> bytes:
         if delta.kind not in TEXT_KINDS:
             return b""
         opened = b""
@@ -71,8 +76,17 @@ class UIMessageWriter(StreamWriter):
         self.part = None
         return sse({"type": f"{kind}-end", "id": part_id})
 
+    def event(self, delta: Delta) -> bytes:
+        if delta.kind == "finish":
+            self.finish = AI_SDK_FINISHES.get(delta.value, "other")
+        return self.text_event(delta)
+
     def done(self) -> bytes:
-        return self.end_part() + sse({"type": "finish"}) + b"data: [DONE]\n\n"
+        # How the answer ended, where it was not a plain stop: as message metadata, since a
+        # finish chunk's own finishReason field is refused by strict 5.0 clients.
+        finish = {"type": "finish"} if self.finish == "stop" else {
+            "type": "finish", "messageMetadata": {"finishReason": self.finish}}
+        return self.end_part() + sse(finish) + b"data: [DONE]\n\n"
 
     def error(self, message: str) -> bytes:
         return sse({"type": "error", "errorText": message}) + b"data: [DONE]\n\n"

@@ -10,7 +10,7 @@ the key. Nothing outside chatbridge/upstreams/ asks which provider it holds.
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..chat import CONTENT_KINDS, ChatRequest, Delta, parse_json
+from ..chat import COMPLETE_FINISHES, CONTENT_KINDS, ChatRequest, Delta, Finish, parse_json
 from ..config import ApiKey, Config
 from ..errors import UpstreamError, classify_failure, failure_from_event
 from ..relay import Answer, Cancel
@@ -25,6 +25,11 @@ class WholeAnswer:
 
     deltas: list
     chat_completion: dict | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the answer ended as the model meant it to (stop or tool calls)."""
+        return any(d.kind == "finish" and d.value in COMPLETE_FINISHES for d in self.deltas)
 
 
 class Provider:
@@ -119,7 +124,11 @@ class HttpProvider(Provider):
         if not isinstance(body, dict):
             raise UpstreamError("broken", "the upstream answered with something that is not JSON")
         deltas = translate_event(self.deltas, body)
-        read_until_content(iter(deltas + [Delta("finish", "stop")]), chat.empty_answers)
+        finish = next((d.value for d in deltas if d.kind == "finish"), None)
+        if finish is None:
+            raise UpstreamError("broken", "the upstream's answer has no finish reason (incomplete)")
+        check_finish(finish)
+        read_until_content(iter(deltas), chat.empty_answers)
         return WholeAnswer(deltas, self.chat_completion(body))
 
     def list_models(self, key, cancel):
@@ -132,14 +141,26 @@ class HttpProvider(Provider):
 
 
 def iter_deltas(events: Iterable, translate) -> Iterator:
-    """Upstream SSE events to deltas; finish and usage come last; a cut-off stream raises."""
-    finish, usage, done = None, None, False
-    for kind, payload in events:
+    """Upstream SSE events to deltas; finish and usage come last.
+
+    Completion is what the upstream says, not what the socket does: once a finish reason has
+    come, a connection that then breaks does not undo the answer; a stream that ends without
+    one (even after `[DONE]`) is cut off. An unusable ending raises, after the text before it.
+    """
+    finish, usage, events = None, None, iter(events)
+    while True:
+        try:
+            kind, payload = next(events)
+        except StopIteration:
+            break
+        except UpstreamError:
+            if finish is None:
+                raise
+            break  # the answer was complete; only the connection broke afterwards
         if kind == "raw":
             raise_error_tail(payload)
             continue
         if payload.strip() == "[DONE]":
-            done = True
             break
         event = parse_json(payload)
         if not isinstance(event, dict):
@@ -151,12 +172,20 @@ def iter_deltas(events: Iterable, translate) -> Iterator:
                 usage = delta.value
             else:
                 yield delta
-    if finish is None and not done:
+        check_finish(finish)
+    if finish is None:
         raise UpstreamError("broken", "the upstream stream ended before the answer was "
                                       "complete (cut off)")
     if usage:
         yield Delta("usage", usage)
-    yield Delta("finish", finish or "stop")
+    yield Delta("finish", finish)
+
+
+def check_finish(finish: Finish | None) -> None:
+    """Raise for an answer that ended unusably, naming the upstream's reason."""
+    if finish == "error":
+        raise UpstreamError(finish.failure, f"the answer ended with {finish.upstream}: "
+                                            f"{finish.detail}")
 
 
 def raise_error_tail(payload: str) -> None:
@@ -177,17 +206,22 @@ def translate_event(translate, event: dict) -> list:
 
 
 def read_until_content(deltas: Iterator, empty_answers: bool = False) -> list:
-    """Read deltas up to the first content; an answer with none is a failure, but where the
-    client API can say so (empty_answers, as OpenAI does) one stopped by the token limit or
-    a filter is an empty answer."""
+    """Read deltas up to the first content. An answer with none fails over, unless a finish
+    reason says why: the token limit, a filter or another stop is the request's own fault,
+    named in the error, or an empty answer where the client API can say so (empty_answers,
+    as OpenAI's finish_reason does)."""
     head = []
     for delta in deltas:
         head.append(delta)
         if delta.kind in CONTENT_KINDS:
             return head
-        if delta.kind == "finish" and delta.value in ("content_filter", "length"):
+        if delta.kind == "finish" and delta.value != "stop":
+            check_finish(delta.value)
             if empty_answers:
                 return head
-            why = "its content filter" if delta.value == "content_filter" else "the token limit"
-            raise UpstreamError("rejected", f"the answer was stopped by {why} before any text")
+            raise UpstreamError("rejected", f"the answer was stopped {STOPPED_BY.get(delta.value, '')}"
+                                            f"before any text (reason: {delta.value.upstream})")
     raise UpstreamError("broken", "the upstream finished without any content")
+
+
+STOPPED_BY = {"content_filter": "by its content filter ", "length": "by the token limit "}

@@ -4,7 +4,7 @@ fresh clone answers with nothing configured."""
 import re
 import time
 
-from ..chat import Delta
+from ..chat import Delta, Finish
 from ..config import ECHO_MODEL
 from .base import Provider, WholeAnswer
 
@@ -36,7 +36,7 @@ class EchoProvider(Provider):
         words = len(text.split())
         yield Delta("usage", {"prompt_tokens": words, "completion_tokens": words,
                               "total_tokens": 2 * words})
-        yield Delta("finish", "stop")
+        yield Delta("finish", Finish("stop"))
 
     def fetch_answer(self, chat, key, cancel):
         return WholeAnswer(list(self.answer(chat)))

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from ..chat import ChatRequest, Delta, Turn, parse_json
+from ..chat import ChatRequest, Delta, Finish, Turn, parse_json
 from ..config import ApiKey
 from ..errors import UpstreamError, classify_failure, failure_from_event
 from ..relay import Answer, Cancel
@@ -17,9 +17,19 @@ from ..sse import iter_sse_data
 from ..transport import iter_body, opened_stream
 from .base import HttpProvider
 
-FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop"}
-FILTER_FINISHES = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
-                   "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
+# Candidate.finishReason (Gemini API reference, GenerateContentResponse) in the neutral
+# vocabulary of chatbridge.chat.Finish; any reason not listed is "other".
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+FILTER_FINISHES = {"SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+                   "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "IMAGE_OTHER",
+                   "MODEL_ARMOR", "JAILBREAK"}
+UNUSABLE_FINISHES = {  # the answer cannot be used as it is
+    "MALFORMED_FUNCTION_CALL": "the model's function call was not valid",
+    "UNEXPECTED_TOOL_CALL": "the model called a tool the request did not offer",
+    "TOO_MANY_TOOL_CALLS": "the model made too many tool calls in a row",
+    "MISSING_THOUGHT_SIGNATURE": "a function call sent back lacked its thought signature",
+    "MALFORMED_RESPONSE": "the model's answer was malformed",
+}
 SETTING_NAMES = {"temperature": "temperature", "max_tokens": "maxOutputTokens"}
 
 
@@ -195,11 +205,12 @@ def gemini_usage(meta: dict) -> dict:
             "total_tokens": meta.get("totalTokenCount", prompt + completion)}
 
 
-def gemini_finish(reason: str) -> str:
-    """A Gemini finishReason as an OpenAI finish_reason."""
-    if reason in FINISH_REASONS:
-        return FINISH_REASONS[reason]
-    return "content_filter" if reason in FILTER_FINISHES else "stop"
+def gemini_finish(reason: str) -> Finish:
+    """A Gemini finishReason in the neutral vocabulary (chatbridge.chat.Finish)."""
+    if reason in UNUSABLE_FINISHES:
+        return Finish("error", reason, UNUSABLE_FINISHES[reason])
+    neutral = FINISH_REASONS.get(reason) or ("content_filter" if reason in FILTER_FINISHES else "other")
+    return Finish(neutral, reason)
 
 
 def gemini_deltas(event: dict) -> list:

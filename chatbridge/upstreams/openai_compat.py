@@ -9,11 +9,17 @@ stream is read until `data: [DONE]`. DeepSeek's `reasoning_content` (and OpenRou
 
 import base64
 
-from ..chat import Delta, Turn
+from ..chat import Delta, Finish, Turn
 from ..errors import failure_from_event
 from .base import HttpProvider
 
 FALLBACK_MODEL = "deepseek-r1-671b"  # the ZJU source's default model
+# finish_reason (OpenAI API reference, chat completion object); any other is "other"
+FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
+                  "tool_calls": "tool_calls", "function_call": "tool_calls", "eos": "stop"}
+UNUSABLE_FINISHES = {  # DeepSeek's
+    "insufficient_system_resource": "the upstream ran out of resources during the answer",
+}
 
 
 class OpenAICompatProvider(HttpProvider):
@@ -110,5 +116,12 @@ def openai_deltas(event: dict) -> list:
             "index": call.get("index", 0), "id": call.get("id"), "name": function.get("name"),
             "arguments": function.get("arguments") or "", "signature": None}))
     if choice.get("finish_reason"):
-        deltas.append(Delta("finish", choice["finish_reason"]))
+        deltas.append(Delta("finish", openai_finish(str(choice["finish_reason"]))))
     return deltas
+
+
+def openai_finish(reason: str) -> Finish:
+    """An OpenAI-compatible finish_reason in the neutral vocabulary (chatbridge.chat.Finish)."""
+    if reason in UNUSABLE_FINISHES:  # the upstream's fault, so another key may do better
+        return Finish("error", reason, UNUSABLE_FINISHES[reason], failure="server")
+    return Finish(FINISH_REASONS.get(reason, "other"), reason)
