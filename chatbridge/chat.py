@@ -123,6 +123,41 @@ class Finish(str):
         return self in COMPLETE_FINISHES
 
 
+class ToolCallTracker:
+    """Tells which call each streamed tool_call delta belongs to, for the writers.
+
+    A piece with an index belongs to that call. Without one (OpenAI-compatible servers that
+    omit it, Gemini's complete functionCall parts), a piece with an id other than the current
+    call's, or with a name but no id, starts a new call; an arguments-only piece continues the
+    last call. Calls get positions 0, 1, 2 … in the order they start.
+    """
+
+    def __init__(self):
+        self.positions = {}  # an upstream index or id -> position
+        self.current = None  # the id or index of the call being written
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def place(self, piece: dict) -> tuple:
+        """(position, whether this piece starts the call)."""
+        key = self.key(piece)
+        new = key not in self.positions
+        if new:
+            self.positions[key] = len(self.positions)
+        self.current = key
+        return self.positions[key], new
+
+    def key(self, piece: dict):
+        if piece.get("index") is not None:
+            return ("index", piece["index"])
+        if piece.get("id"):
+            return ("id", piece["id"])
+        if piece.get("name") or self.current is None:
+            return ("call", len(self.positions))  # a new call without an id
+        return self.current
+
+
 def parse_json(text: Any) -> Any:
     """Parsed JSON, or None for anything that is not JSON."""
     try:

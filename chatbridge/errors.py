@@ -12,36 +12,19 @@
     ClientGone                the client went away, so the upstream work stopped
     ConfigError               settings the service cannot start with
 
-UpstreamError.kind, decided by classify_failure and its siblings below:
-- rate_limit: HTTP 429. The key rests for that model: RetryInfo's delay, else Retry-After,
-  else 60 s; a per-day quota until midnight Pacific (keys.py applies this).
-- invalid_key: 401, 403, or a 400 naming API_KEY_INVALID or API_KEY_EXPIRED. The key rests an
-  hour for every model.
-- server: 5xx (and any status under 400 that is not 200).
-- rejected: any other 4xx, a prompt Gemini blocked, an answer a filter or the token limit
-  stopped before any text: the request's own fault. It is returned at once; no other key is
-  spent on it and the key is not blamed.
-- unusable: the model's answer cannot be used (it ended with a malformed function call):
-  not the key's fault, and not retried, since another key runs the same model.
-- broken: an error event inside a 200 stream, a cut-off stream, an event of unexpected shape,
-  an answer without content, a read timeout.
-- unreachable: no connection could be made.
-Every kind but rejected and unusable fails over to the next key.
+UpstreamError.kind says whose fault a failure is (chatbridge/failures.py decides it from an
+upstream's status and body, and lists the rules): the key's (rate_limit, invalid_key,
+billing), the upstream's (server, broken, unreachable), the request's (rejected), or the
+model's (unusable). Every kind but rejected and unusable fails over to the next key.
 
 Each client API renders these in its own format (chatbridge/apis/); `requests` and urllib3
 exceptions become UpstreamErrors only in failure_from_exception.
 """
 
-import email.utils
 import math
-import time
-from typing import Any
 
 import requests
 import urllib3
-
-RATE_LIMIT_COOLDOWN = 60.0  # seconds, when a 429 says nothing about when to come back
-INVALID_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED"}
 
 
 class ConfigError(Exception):
@@ -121,82 +104,10 @@ class UpstreamError(ChatBridgeError):
         """Whether the failure counts against the key that was used."""
         return self.failover
 
-
-def error_details(error: Any) -> list:
-    """The google.rpc details of an error object, or an empty list."""
-    details = error.get("details") if isinstance(error, dict) else None
-    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-
-
-def error_message(body: Any, fallback: str) -> str:
-    """The human message in a Gemini or OpenAI-style error body."""
-    if isinstance(body, list) and body:
-        body = body[0]
-    error = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    if isinstance(error, str) and error:
-        return error
-    return fallback
-
-
-def retry_delay(error: Any, headers) -> float:
-    """Seconds until a rate-limited key may be tried: RetryInfo, else Retry-After, else 60."""
-    for detail in error_details(error):
-        delay = detail.get("retryDelay")
-        if isinstance(delay, str) and detail.get("@type", "").endswith("RetryInfo"):
-            try:
-                return max(0.0, float(delay.rstrip("s")))
-            except ValueError:
-                pass
-    header = (headers or {}).get("Retry-After", "")
-    if header.strip().isdigit():
-        return float(header)
-    if header:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
-        except (TypeError, ValueError):
-            pass
-    return RATE_LIMIT_COOLDOWN
-
-
-def per_day_quota(error: Any) -> bool:
-    """Whether a 429 names a per-day quota, which only resets at midnight Pacific."""
-    for detail in error_details(error):
-        for violation in detail.get("violations") or []:
-            if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
-                return True
-    return False
-
-
-def names_invalid_key(error: Any, message: str) -> bool:
-    """Whether a Gemini 400 says the key itself is bad."""
-    reasons = {d.get("reason") for d in error_details(error)}
-    return bool(reasons & INVALID_KEY_REASONS) or "api key not valid" in message.lower()
-
-
-def classify_failure(status: int, body: Any, headers=None) -> UpstreamError:
-    """Turn an upstream error (HTTP status and parsed body) into an UpstreamError."""
-    if isinstance(body, list) and body:
-        body = body[0]
-    error = body.get("error", body) if isinstance(body, dict) else body
-    message = error_message(body, f"upstream answered HTTP {status}")
-    if status == 429:
-        return UpstreamError("rate_limit", message, status, retry_delay(error, headers),
-                             per_day_quota(error))
-    if status in (401, 403) or (status == 400 and names_invalid_key(error, message)):
-        return UpstreamError("invalid_key", message, status)
-    if status >= 500 or status < 400:
-        return UpstreamError("server", message, status)
-    return UpstreamError("rejected", message, status)
-
-
-def failure_from_event(error: Any) -> UpstreamError:
-    """Classify an error that arrived inside a 200 stream as a data event."""
-    code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) and 400 <= code < 600 else 500
-    failure = classify_failure(status, {"error": error})
-    return failure if failure.kind != "rejected" else UpstreamError("broken", failure.message, status)
+    @property
+    def rests_key(self) -> bool:
+        """Whether the key rests for every model (invalid, disabled, out of credit)."""
+        return self.kind in ("invalid_key", "billing")
 
 
 def failure_from_exception(exc: BaseException) -> UpstreamError:

@@ -3,12 +3,13 @@
 The rules, in the order a request meets them:
 1. Rotation. Each provider has one rotation counter in the state store, shared by every
    worker and instance: request number R starts at key R mod n and tries the keys in order.
-2. Rests. A key that got a 429 rests for that model only, and so does every key of its
-   group (`project:key` in the settings: keys of one Google project share its quota), for
-   the delay the upstream gave (RetryInfo, else Retry-After, else 60 s); a per-day quota
-   rests it until midnight Pacific, when Gemini resets it. A key rejected as invalid (401,
-   403, API_KEY_INVALID) rests for an hour for every model. Rests are marks in the state
-   store, so every worker skips the key.
+2. Rests. A key whose quota is used up (chatbridge/failures.py says which errors mean what)
+   rests for that model only, and so does every key of its group (`project:key` in the
+   settings: keys of one Google project share its quota), for the delay the upstream stated
+   (failures.retry_delay, else 60 s); a per-day quota rests it until midnight Pacific, when
+   Gemini resets it. A key rejected as invalid or disabled, or whose account is out of
+   credit, rests for an hour for every model. An upstream's own failure (5xx, overload)
+   rests no key. Rests are marks in the state store, so every worker skips the key.
 3. Reservation. A request whose keys all rest waits up to KEY_WAIT_SECONDS for the first to
    come back, else gets 429 with Retry-After at once, so the upstream is not hammered; when
    every key rests as invalid it gets 503.
@@ -33,7 +34,8 @@ from .logs import RequestLog, log
 from .redaction import Redactor
 from .state import StateStore
 
-INVALID_KEY_COOLDOWN = 3600.0  # seconds
+INVALID_KEY_COOLDOWN = 3600.0  # seconds a key rests after the upstream called it invalid
+BILLING_COOLDOWN = 3600.0  # seconds a key rests after its account ran out of credit
 
 
 def next_pacific_midnight(now: float) -> float:
@@ -117,11 +119,12 @@ class KeyPool:
     def unavailable(self, model: str, plan: KeyPlan, detail: str = "") -> NoKeyAvailable:
         """The error when no key may be tried: every one invalid (503) or resting (429)."""
         if plan.all_invalid:
-            return NoKeyAvailable(f"every key in {self.provider.key_variable} was rejected as "
-                                  "invalid by the upstream in the last hour" + detail, 503)
+            return NoKeyAvailable(f"every key in {self.provider.key_variable} was rejected by the "
+                                  "upstream in the last hour (invalid, disabled or out of "
+                                  "credit)" + detail, 503)
         retry_at = plan.retry_at or time.time() + 1
-        return NoKeyAvailable(f"every {self.provider.display_name} key is rate-limited for "
-                              f"{model}; try again later", retry_after=retry_at - time.time())
+        return NoKeyAvailable(f"every {self.provider.key_noun} is rate-limited for {model}; "
+                              "try again later", retry_after=retry_at - time.time())
 
     def note_attempt(self, key: ApiKey, model: str, failure: UpstreamError | None = None,
                      new_attempt: bool = True) -> None:
@@ -129,8 +132,9 @@ class KeyPool:
         now, marks = time.time(), {}
         if failure is not None and failure.kind == "rate_limit":
             marks[quota_mark(key, model)] = rest_until(failure, now)
-        elif failure is not None and failure.kind == "invalid_key":
-            marks[invalid_mark(key)] = now + INVALID_KEY_COOLDOWN
+        elif failure is not None and failure.rests_key:
+            rest = BILLING_COOLDOWN if failure.kind == "billing" else INVALID_KEY_COOLDOWN
+            marks[invalid_mark(key)] = now + rest
         if failure is not None and not failure.blames_key:
             failure = None  # the request's own fault does not count against the key
         error = f"{failure.kind}: {self.redactor.public_text(failure.message)}" if failure else None
@@ -180,8 +184,8 @@ class KeyPool:
     def give_up(self, model: str, plan: KeyPlan, failures: list) -> Exception:
         """The error for a request whose attempts all failed."""
         kinds = {f.kind for f in failures}
-        if kinds and kinds <= {"rate_limit", "invalid_key"}:
-            detail = f" (last: {failures[-1].message})" if kinds == {"invalid_key"} else ""
+        if kinds and kinds <= {"rate_limit", "invalid_key", "billing"}:
+            detail = f" (last: {failures[-1].message})" if "rate_limit" not in kinds else ""
             return self.unavailable(model, self.plan(model, plan.turn), detail)
         if failures and all(f.kind == "unreachable" for f in failures):
             return UpstreamError("unreachable", f"could not reach {self.provider.display_name}")

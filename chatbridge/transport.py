@@ -15,7 +15,8 @@ import requests
 import urllib3
 
 from .chat import parse_json
-from .errors import UpstreamError, classify_failure, failure_from_exception
+from .errors import UpstreamError, failure_from_exception
+from .failures import classify_failure
 
 READ_SIZE = 64 * 1024
 ERROR_BODY_LIMIT = 64 * 1024

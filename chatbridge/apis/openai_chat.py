@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from ..auth import google_auth, require_access_token
-from ..chat import ChatRequest, Delta, Turn
+from ..chat import ChatRequest, Delta, ToolCallTracker, Turn
 from ..config import Config
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NotFound, Unauthorized, UpstreamError
 from ..relay import Cancel
@@ -266,7 +266,7 @@ class ChunkWriter(StreamWriter):
                      "created": int(time.time()), "model": model}
         self.gateway, self.include_usage = gateway, include_usage
         self.usage = None
-        self.calls = set()  # indexes of the tool calls begun
+        self.calls = ToolCallTracker()
 
     def chunk(self, delta: dict, finish: str | None = None, **extra) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -292,10 +292,9 @@ class ChunkWriter(StreamWriter):
 
     def tool_call(self, call: dict) -> dict:
         """A tool_calls delta entry: id, type and name with its first piece only."""
-        index = call["index"] if call["index"] is not None else len(self.calls)
-        if index in self.calls:
+        index, new = self.calls.place(call)
+        if not new:
             return {"index": index, "function": {"arguments": call["arguments"]}}
-        self.calls.add(index)
         return {"index": index, **tool_call_entry(call)}
 
     def done(self) -> bytes:
@@ -343,17 +342,17 @@ def completion_of(answer: WholeAnswer, model: str) -> dict:
 
 def completion_from_deltas(deltas: Iterable, model: str) -> dict:
     """An OpenAI chat.completion object assembled from deltas (Gemini and echo answers)."""
-    texts, calls = {"text": [], "reasoning": []}, {}
+    texts, calls, tracker = {"text": [], "reasoning": []}, {}, ToolCallTracker()
     finish, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for delta in deltas:
         if delta.kind in texts:
             texts[delta.kind].append(delta.value)
         elif delta.kind == "tool_call":
-            index = delta.value["index"] if delta.value["index"] is not None else len(calls)
-            if index in calls:
-                calls[index]["function"]["arguments"] += delta.value["arguments"]
-            else:
+            index, new = tracker.place(delta.value)
+            if new:
                 calls[index] = tool_call_entry(delta.value)
+            else:
+                calls[index]["function"]["arguments"] += delta.value["arguments"]
         elif delta.kind == "finish":
             finish = openai_finish(delta.value, False)
         elif delta.kind == "usage":

@@ -7,12 +7,14 @@ usable (content, or a finish reason the client API can report) before failover g
 the key. Nothing outside chatbridge/upstreams/ asks which provider it holds.
 """
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..chat import COMPLETE_FINISHES, CONTENT_KINDS, ChatRequest, Delta, Finish, parse_json
 from ..config import ApiKey, Config
-from ..errors import UpstreamError, classify_failure, failure_from_event
+from ..errors import UpstreamError
+from ..failures import classify_failure, failure_from_event
 from ..relay import Answer, Cancel
 from ..sse import iter_sse_data
 from ..transport import Transport, iter_body, opened_stream
@@ -37,6 +39,7 @@ class Provider:
 
     name = ""
     display_name = ""  # in error messages
+    key_noun = ""  # "every {key_noun} is rate-limited"
     key_variable = ""  # the setting that holds its keys
     owned_by = ""  # in GET /v1/models
     needs_keys = True
@@ -112,24 +115,28 @@ class HttpProvider(Provider):
 
     def open_stream(self, chat, key, cancel):
         with opened_stream(self.post(chat, key, stream=True), cancel) as response:
-            rest = iter_deltas(iter_sse_data(iter_body(response)), self.deltas)
+            if says_json(response):  # an upstream that ignored stream: true answered whole
+                events = json_events(b"".join(iter_body(response)))
+            else:
+                events = iter_sse_data(iter_body(response))
+            rest = iter_deltas(events, self.deltas)
             return Answer(read_until_content(rest, chat.empty_answers), rest, response)
 
     def fetch_answer(self, chat, key, cancel):
         response = self.post(chat, key, stream=False)
-        text = response.content.decode("utf-8", errors="replace")
         if response.status_code != 200:
+            text = response.content.decode("utf-8", errors="replace")
             raise classify_failure(response.status_code, parse_json(text) or text, response.headers)
-        body = parse_json(text)
-        if not isinstance(body, dict):
-            raise UpstreamError("broken", "the upstream answered with something that is not JSON")
-        deltas = translate_event(self.deltas, body)
-        finish = next((d.value for d in deltas if d.kind == "finish"), None)
-        if finish is None:
-            raise UpstreamError("broken", "the upstream's answer has no finish reason (incomplete)")
-        check_finish(finish)
+        if says_sse(response):  # an upstream that streamed anyway: read it all
+            deltas = list(iter_deltas(iter_sse_data([response.content]), self.deltas))
+            body = None
+        else:
+            body = parse_json(response.content.decode("utf-8", errors="replace"))
+            if not isinstance(body, dict):
+                raise UpstreamError("broken", "the upstream answered with something that is not JSON")
+            deltas = whole_deltas(translate_event(self.deltas, body))
         read_until_content(iter(deltas), chat.empty_answers)
-        return WholeAnswer(deltas, self.chat_completion(body))
+        return WholeAnswer(deltas, self.chat_completion(body) if body else None)
 
     def list_models(self, key, cancel):
         url, headers = self.models_request(key)
@@ -138,6 +145,32 @@ class HttpProvider(Provider):
         if response.status_code != 200 or not isinstance(body, dict):
             raise classify_failure(response.status_code, body, response.headers)
         return self.model_names(body)
+
+
+def says_json(response) -> bool:
+    return response.headers.get("Content-Type", "").lower().startswith("application/json")
+
+
+def says_sse(response) -> bool:
+    return response.headers.get("Content-Type", "").lower().startswith("text/event-stream")
+
+
+def json_events(body: bytes) -> list:
+    """A whole JSON answer (one object, or Gemini's array of chunks) as SSE-like events."""
+    parsed = parse_json(body.decode("utf-8", errors="replace"))
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise UpstreamError("broken", "the upstream answered with something that is not JSON")
+    return [("data", json.dumps(item)) for item in items]
+
+
+def whole_deltas(deltas: list) -> list:
+    """A whole answer's deltas, which must end with a finish reason like a stream's."""
+    finish = next((d.value for d in deltas if d.kind == "finish"), None)
+    if finish is None:
+        raise UpstreamError("broken", "the upstream's answer has no finish reason (incomplete)")
+    check_finish(finish)
+    return deltas
 
 
 def iter_deltas(events: Iterable, translate) -> Iterator:

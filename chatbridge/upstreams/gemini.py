@@ -11,7 +11,8 @@ from urllib.parse import quote, urlencode
 
 from ..chat import ChatRequest, Delta, Finish, Turn, parse_json
 from ..config import ApiKey
-from ..errors import UpstreamError, classify_failure, failure_from_event
+from ..errors import UpstreamError
+from ..failures import classify_failure, failure_from_event
 from ..relay import Answer, Cancel
 from ..sse import iter_sse_data
 from ..transport import iter_body, opened_stream
@@ -48,6 +49,7 @@ class NativeCall:
 class GeminiProvider(HttpProvider):
     name = "gemini"
     display_name = "Gemini"
+    key_noun = "Gemini key"
     key_variable = "ALL_GEMINI_API_KEYS"
     owned_by = "google"
 
@@ -240,6 +242,6 @@ def function_call_delta(part: dict) -> Delta:
     """A functionCall part as a tool_call delta; its thought signature rides along."""
     call = part["functionCall"]
     return Delta("tool_call", {
-        "index": None, "id": None, "name": call.get("name", ""),
+        "index": None, "id": call.get("id"), "name": call.get("name", ""),
         "arguments": json.dumps(call.get("args") or {}, ensure_ascii=False),
         "signature": part.get("thoughtSignature")})

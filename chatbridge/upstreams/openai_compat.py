@@ -10,7 +10,7 @@ stream is read until `data: [DONE]`. DeepSeek's `reasoning_content` (and OpenRou
 import base64
 
 from ..chat import Delta, Finish, Turn
-from ..errors import failure_from_event
+from ..failures import failure_from_event
 from .base import HttpProvider
 
 FALLBACK_MODEL = "deepseek-r1-671b"  # the ZJU source's default model
@@ -25,6 +25,7 @@ UNUSABLE_FINISHES = {  # DeepSeek's
 class OpenAICompatProvider(HttpProvider):
     name = "zju"
     display_name = "the OpenAI-compatible upstream"
+    key_noun = "key of the OpenAI-compatible upstream"
     key_variable = "ZJU_API_KEY"
     owned_by = "zju"
 
@@ -113,7 +114,7 @@ def openai_deltas(event: dict) -> list:
     for call in delta.get("tool_calls") or []:
         function = call.get("function") or {}
         deltas.append(Delta("tool_call", {
-            "index": call.get("index", 0), "id": call.get("id"), "name": function.get("name"),
+            "index": call.get("index"), "id": call.get("id"), "name": function.get("name"),
             "arguments": function.get("arguments") or "", "signature": None}))
     if choice.get("finish_reason"):
         deltas.append(Delta("finish", openai_finish(str(choice["finish_reason"]))))
