@@ -6,13 +6,15 @@ requests, this provider passes Gemini's own API through unchanged for /v1beta (N
 """
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from urllib.parse import quote, urlencode
 
 from ..chat import ChatRequest, Delta, Finish, Turn, parse_json
 from ..config import ApiKey
 from ..errors import UpstreamError
 from ..failures import classify_failure, failure_from_event
+from ..logs import log
 from ..relay import Answer, Cancel
 from ..sse import iter_sse_data
 from ..transport import iter_body, opened_stream
@@ -60,11 +62,34 @@ class GeminiProvider(HttpProvider):
     def claims(self, model):
         return model.startswith(("gemini", "gemma"))
 
+    def open_stream(self, chat, key, cancel):
+        return self.without_unsupported(chat, lambda c: super(GeminiProvider, self).open_stream(
+            c, key, cancel))
+
+    def fetch_answer(self, chat, key, cancel):
+        return self.without_unsupported(chat, lambda c: super(GeminiProvider, self).fetch_answer(
+            c, key, cancel))
+
+    def without_unsupported(self, chat: ChatRequest, call):
+        """call(chat); when Gemini refuses a feature the model does not take, once more on the
+        same key without it, and say so in the log."""
+        try:
+            return call(chat)
+        except UpstreamError as failure:
+            feature = unsupported_feature(failure)
+            if failure.kind != "rejected" or feature is None:
+                raise
+            log.warning("%s does not take %s; asking again without it", chat.model, feature)
+            return call(without(chat, feature))
+
     def chat_request(self, chat, key, stream):
-        body = {"contents": gemini_contents(chat.turns), "generationConfig": gemini_generation(chat),
+        takes = accepts(chat.model)
+        system = chat.system if takes.system_instruction else None
+        turns = chat.turns if system or not chat.system else with_system_text(chat.turns, chat.system)
+        body = {"contents": gemini_contents(turns), "generationConfig": gemini_generation(chat),
                 **gemini_tools(chat)}
-        if chat.system:
-            body["systemInstruction"] = {"parts": [{"text": chat.system}]}
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": system}]}
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         url = f"{self.base_url}/models/{quote(chat.model, safe='')}:{method}"
         return url, {"x-goog-api-key": key.secret}, body
@@ -125,9 +150,65 @@ def first_native_event(events) -> Delta:
     raise UpstreamError("broken", "the upstream finished without any content")
 
 
+# ---------------------------------------------------------------- what each model takes
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a Gemini model takes in a request."""
+
+    system_instruction: bool = True
+    thinking: bool = True  # thinkingConfig.includeThoughts
+
+
+# What Gemini answers (400 INVALID_ARGUMENT) when a model does not take a feature.
+UNSUPPORTED = ((re.compile(r"developer instruction is not enabled|system instruction", re.I),
+                "system_instruction"),
+               (re.compile(r"thinking", re.I), "thinking"),
+               (re.compile(r"function calling is not enabled", re.I), "tools"),
+               (re.compile(r"json mode is not enabled", re.I), "json_mode"))
+
+
+def accepts(model: str) -> Accepts:
+    """The one place that knows what each model family takes: Gemma on the Gemini API takes
+    no system instruction and does not think; Gemini 1.x and 2.0 do not think; 2.5 and later
+    take everything."""
+    if model.startswith("gemma"):
+        return Accepts(system_instruction=False, thinking=False)
+    if model.startswith(("gemini-1", "gemini-2.0")):
+        return Accepts(thinking=False)
+    return Accepts(thinking=model.startswith("gemini-"))
+
+
 def thinking_model(model: str) -> bool:
-    """Whether a Gemini model takes thinkingConfig (2.5 and later; not 1.x, 2.0 or Gemma)."""
-    return model.startswith("gemini-") and not model.startswith(("gemini-1", "gemini-2.0"))
+    """Whether to ask a Gemini model for its thoughts (2.5 and later)."""
+    return accepts(model).thinking
+
+
+def with_system_text(turns: list, system: str) -> list:
+    """For a model without system instructions: the system text leads the first user turn."""
+    first = next((i for i, turn in enumerate(turns) if turn.role == "user"), None)
+    if first is None:
+        return turns
+    turn = turns[first]
+    return turns[:first] + [replace(turn, text=f"{system}\n\n{turn.text}".strip())] + turns[first + 1:]
+
+
+def unsupported_feature(failure: UpstreamError) -> str | None:
+    """The feature a refusal names as one the model does not take, if it names one."""
+    return next((feature for pattern, feature in UNSUPPORTED if pattern.search(failure.message)),
+                None)
+
+
+def without(chat: ChatRequest, feature: str) -> ChatRequest:
+    """The request without a feature the model does not take."""
+    if feature == "system_instruction" and chat.system:
+        return replace(chat, system=None, turns=with_system_text(chat.turns, chat.system))
+    if feature == "tools":
+        return replace(chat, tools=None, tool_choice=None)
+    if feature == "json_mode":
+        return replace(chat, response_format=None)
+    return replace(chat, thinking=False)
 
 
 def gemini_parts(turn: Turn) -> list:
@@ -174,7 +255,7 @@ def gemini_generation(chat: ChatRequest) -> dict:
         schema = (chat.response_format.get("json_schema") or {}).get("schema")
         if schema:
             generation["responseJsonSchema"] = schema
-    if thinking_model(chat.model):
+    if chat.thinking if chat.thinking is not None else thinking_model(chat.model):
         generation["thinkingConfig"] = {"includeThoughts": True}
     return generation
 
