@@ -6,12 +6,13 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import REPO, TOKEN
+from tests.conftest import REPO, TOKEN, require
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_midstream_error, gemini_sse, gemini_stream
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
@@ -76,6 +77,7 @@ def texts_of(content):
 
 @pytest.fixture(scope="module")
 def browser():
+    require(Path(CHROMIUM).is_file(), "Chromium", "apt-get install chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
