@@ -321,6 +321,15 @@ def test_the_sidebar_folds_away_on_a_phone(page, server):
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
+def test_the_access_token_link_shows_only_when_tokens_are_configured(page, server, token_server):
+    link = page.locator(".sidebar-foot #token-change")
+    open_page(page, server)
+    expect(link).to_be_hidden()
+    open_page(page, token_server)
+    expect(link).to_be_visible()
+    expect(link).to_have_text("Access token…")
+
+
 def test_the_token_prompt_appears_on_401_and_the_retry_succeeds(page, token_server, gemini):
     open_page(page, token_server)
     send(page, "hello")
