@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,6 +89,7 @@ class Gunicorn:
                    "--worker-class", "gevent", "--bind", "127.0.0.1:0", "--timeout", "600",
                    "--graceful-timeout", "2", "--no-control-socket", "app:app"]
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
+        self.interrupted = False
         self.process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=self.log_file,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.url = self.wait_until_ready(workers)
@@ -118,15 +120,20 @@ class Gunicorn:
         for path in self.data_dir.glob("*.json"):
             path.unlink()
 
-    def stop(self) -> None:
-        """SIGINT stops at once; then make sure the whole process group is gone."""
-        if self.process.poll() is None:
+    def interrupt(self) -> None:
+        """SIGINT to the process group, once: gunicorn stops at once."""
+        if self.process.poll() is None and not self.interrupted:
             os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            self.interrupted = True
+
+    def stop(self) -> None:
+        """Interrupt and wait; then make sure the whole process group is gone."""
+        self.interrupt()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.log_file.close()
@@ -143,8 +150,21 @@ def start_gunicorn(tmp_path_factory):
         return server
 
     yield start
+    for server in servers:  # all at once: each takes most of a second to stop
+        server.interrupt()
     for server in servers:
         server.stop()
+
+
+def require(found: bool, program: str, install: str) -> None:
+    """Skip the test when a system program is missing, saying how to install it; in CI
+    (CI=true) fail instead, so a CI image without it cannot pass by skipping."""
+    if found:
+        return
+    message = f"{program} is not installed: run `{install}`"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def upstream_env(fake_gemini, fake_openai, **extra) -> dict:
@@ -250,6 +270,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
+    require(shutil.which("redis-server") is not None, "redis-server", "apt-get install redis-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()

@@ -220,6 +220,28 @@ def test_flask_own_errors_are_json(client):
     assert "MB" in response.json["error"]
 
 
+def test_an_unmatched_url_gets_json_in_its_apis_shape(client):
+    openai_style = client.get("/v1/nothing")
+    assert openai_style.status_code == 404
+    assert set(openai_style.json["error"]) == {"message", "type", "param", "code"}
+    assert "/v1/nothing" in openai_style.json["error"]["message"]
+    openai_method = client.get("/v1/chat/completions")
+    assert openai_method.status_code == 405 and "POST" in openai_method.headers["Allow"].split(", ")
+    assert set(openai_method.json["error"]) == {"message", "type", "param", "code"}
+    google_style = client.post("/v1beta/files")
+    assert google_style.status_code == 404
+    assert set(google_style.json["error"]) == {"code", "message", "status"}
+    assert google_style.json["error"]["code"] == 404 and google_style.json["error"]["status"] == "NOT_FOUND"
+    assert "/v1beta/files" in google_style.json["error"]["message"]
+    plain = client.get("/nothing")
+    assert plain.status_code == 404
+    assert isinstance(plain.json["error"], str) and "/nothing" in plain.json["error"]
+    wrong_method = client.get("/api/chat")
+    assert wrong_method.status_code == 405
+    assert isinstance(wrong_method.json["error"], str) and wrong_method.json["error"]
+    assert "POST" in wrong_method.headers["Allow"].split(", ")
+
+
 def test_inline_file_over_the_limit_is_413(client, gemini):
     data = base64.b64encode(b"\0" * (20 * 1024 * 1024 + 10)).decode()
     response = client.post("/api/chat", json={"message": "x", "file_data": {"mime_type": "image/png",
@@ -252,7 +274,8 @@ def test_a_model_name_with_control_characters_is_refused(client, gemini):
 def test_root_answers_json_to_curl_and_html_to_browsers(client):
     as_curl = client.get("/", headers={"Accept": "*/*"})
     assert as_curl.json["providers"] == {"gemini": 3, "zju": 2}
-    assert as_curl.json["message"]
+    assert as_curl.json["message"] == "چتبات API آماده است"
+    assert as_curl.json["message_en"] == "The chatbot API is ready"
     as_browser = client.get("/", headers={
         "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
     assert as_browser.headers["Content-Type"].startswith("text/html")

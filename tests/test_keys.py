@@ -259,6 +259,7 @@ def test_the_request_log_line_tells_the_story(server, gemini):
     events(post_chat(server, {"message": "hi"}))
     time.sleep(0.3)
     line = [x for x in server.log().splitlines() if "POST /api/chat 200 shape=A" in x][-1]
+    assert "[INFO] 127.0.0.1 POST /api/chat 200 shape=A " in line, "the line begins with the client"
     assert "provider=gemini model=gemini-2.5-flash key=…bbbb attempts=2" in line
     assert re.search(r"ttft=\d+\.\d{3}s duration=\d+\.\d{3}s outcome=ok", line)
 

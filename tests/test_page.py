@@ -6,12 +6,13 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import REPO, TOKEN
+from tests.conftest import REPO, TOKEN, require
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_midstream_error, gemini_sse, gemini_stream
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
@@ -76,6 +77,7 @@ def texts_of(content):
 
 @pytest.fixture(scope="module")
 def browser():
+    require(Path(CHROMIUM).is_file(), "Chromium", "apt-get install chromium")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -317,6 +319,15 @@ def test_the_sidebar_folds_away_on_a_phone(page, server):
     page.click("#scrim", position={"x": 370, "y": 400})
     expect(sidebar).not_to_be_in_viewport()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+
+def test_the_access_token_link_shows_only_when_tokens_are_configured(page, server, token_server):
+    link = page.locator(".sidebar-foot #token-change")
+    open_page(page, server)
+    expect(link).to_be_hidden()
+    open_page(page, token_server)
+    expect(link).to_be_visible()
+    expect(link).to_have_text("Access token…")
 
 
 def test_the_token_prompt_appears_on_401_and_the_retry_succeeds(page, token_server, gemini):

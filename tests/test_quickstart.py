@@ -1,4 +1,5 @@
-"""The README's quick start: `python app.py` with no keys serves the echo model."""
+"""The entry point: `python app.py` with no keys serves the echo model, as the README's quick
+start says; importing app or chatbridge does nothing until the app is used."""
 
 import os
 import signal
@@ -51,3 +52,19 @@ def test_python_app_py_serves_echo_and_warns_on_every_start(tmp_path):
             output = stop(process)
         assert "no API keys configured" in output
         assert "Running on" in output
+
+
+def run_python(code: str, **settings) -> subprocess.CompletedProcess:
+    """Run `python -c code` in the repository with only the given settings."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, **settings},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_importing_reads_no_settings_and_creates_nothing(tmp_path):
+    settings = {"LOG_LANGUAGE": "de", "TEMP_DATA_DIR": str(tmp_path / "never-created")}
+    imported = run_python("import app, chatbridge", **settings)
+    assert (imported.returncode, imported.stdout, imported.stderr) == (0, "", "")
+    assert not (tmp_path / "never-created").exists()
+    used = run_python("import app; app.app", **settings)
+    assert used.returncode != 0 and "LOG_LANGUAGE" in used.stderr

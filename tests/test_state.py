@@ -209,20 +209,21 @@ def test_a_worker_killed_under_load_leaves_the_service_working(server, gemini):
 
 
 @pytest.fixture(scope="module", params=["files", "redis"])
-def two_token_server(request, start_gunicorn, fake_gemini, fake_openai, redis_server):
+def two_token_server(request, start_gunicorn, fake_gemini, fake_openai):
     """An instance with access tokens, keeping its state in files or in Redis."""
     env = upstream_env(fake_gemini, fake_openai, ACCESS_TOKENS="token-of-alice, token-of-bob",
                        UPLOAD_TTL_MINUTES="0.02")
-    if request.param == "redis":
-        env["REDIS_URL"] = redis_server.url.replace("/0", "/1")
+    if request.param == "redis":  # only this one needs redis-server
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url.replace("/0", "/1")
     return start_gunicorn(env, workers=2)
 
 
 @pytest.fixture
-def guarded(two_token_server, redis_server, gemini):
-    """The two-token server with its state (files and Redis alike) forgotten."""
+def guarded(request, two_token_server, gemini):
+    """The two-token server with its state (in files or in Redis) forgotten."""
     two_token_server.reset_state()
-    redis_server.client.flushall()
+    if "REDIS_URL" in two_token_server.env:
+        request.getfixturevalue("redis_server").client.flushall()
     return two_token_server
 
 
@@ -284,14 +285,23 @@ def test_cached_uploads_expire(guarded, gemini):
     assert stale.status_code == 404 and "expired" in stale.json()["error"]
 
 
-def test_chats_expire_after_their_ttl(tmp_path, redis_server):
+@pytest.fixture(params=["files", "redis", "memory"])
+def store(request, tmp_path):
+    """Each state store, fresh; only the Redis one needs redis-server."""
+    if request.param == "files":
+        return FileStateStore(tmp_path)
+    if request.param == "memory":
+        return MemoryStateStore()
+    redis_server = request.getfixturevalue("redis_server")
     redis_server.client.flushall()
-    for store in (FileStateStore(tmp_path), RedisStateStore(redis_server.url),
-                  MemoryStateStore()):
-        store.append_chat(CHAT, "", [{"role": "user", "content": "x"}], 50, 1)
-        assert store.load_chat(CHAT)["turns"] == [{"role": "user", "content": "x"}]
-        time.sleep(1.1)
-        assert store.load_chat(CHAT) is None, type(store).__name__
+    return RedisStateStore(redis_server.url)
+
+
+def test_chats_expire_after_their_ttl(store):
+    store.append_chat(CHAT, "", [{"role": "user", "content": "x"}], 50, 1)
+    assert store.load_chat(CHAT)["turns"] == [{"role": "user", "content": "x"}]
+    time.sleep(1.1)
+    assert store.load_chat(CHAT) is None
 
 
 # ---------------------------------------------------------------- key status

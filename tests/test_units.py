@@ -120,6 +120,18 @@ def test_config_names_every_bad_setting():
         assert name in str(caught.value)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("PORT", "eighty", "PORT must be a whole number from 1 to 65535, not 'eighty'"),
+    ("CHAT_MAX_TURNS", "1", "CHAT_MAX_TURNS must be a whole number of at least 2, not '1'"),
+    ("MAX_UPLOAD_MB", "lots", "MAX_UPLOAD_MB must be a number of at least 0.001, not 'lots'"),
+])
+def test_config_errors_name_the_kind_of_number_in_words(name, value, message):
+    with pytest.raises(errors.ConfigError) as caught:
+        config.load_config({name: value})
+    assert message in str(caught.value)
+    assert "a int" not in str(caught.value) and "a float" not in str(caught.value)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("echo", ("echo", "echo")),
     ("gemini-2.5-pro", ("gemini", "gemini-2.5-pro")),
