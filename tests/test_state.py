@@ -2,6 +2,7 @@
 conversations by chat_id, uploads by file_id, access tokens and the key status route."""
 
 import base64
+import itertools
 import json
 import os
 import random
@@ -165,10 +166,12 @@ def test_an_unknown_file_id_is_404(client, gemini):
 
 def take_turns_forever(directory):
     store = FileStateStore(directory)
-    while True:
+    for round_ in itertools.count():
         store.take_turn("gemini")
         store.note_attempt("gemini", "k", {"quota|g|m": time.time() + 60}, "rate_limit: x")
         store.append_chat(CHAT, "", [{"role": "user", "content": "x" * 2000}], 50, 3600)
+        if round_ == 0:
+            print("writing", flush=True)  # the test kills it some time after this
 
 
 def test_a_writer_killed_mid_write_leaves_the_state_readable(tmp_path):
@@ -176,10 +179,12 @@ def test_a_writer_killed_mid_write_leaves_the_state_readable(tmp_path):
         writer = subprocess.Popen([sys.executable, "-c", "import sys; from tests.test_state import "
                                    "take_turns_forever as t; t(sys.argv[1])", str(tmp_path)],
                                   cwd=REPO, env={**os.environ, "TEMP_DATA_DIR": str(tmp_path)},
-                                  stderr=subprocess.DEVNULL)
-        time.sleep(0.4 + random.random() * 0.3)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert writer.stdout.readline() == b"writing\n", "the writer started writing"
+        time.sleep(random.random() * 0.2)  # however long its import took, kill it mid-work
         writer.send_signal(signal.SIGKILL)
         writer.wait(10)
+        writer.stdout.close()
         for name in ("keys-gemini.json", f"chat-{CHAT}.json"):
             if (tmp_path / name).exists():
                 json.loads((tmp_path / name).read_text())

@@ -74,7 +74,7 @@ def test_an_openai_stream_without_done_or_finish_is_cut_off(server, openai):
 
 @pytest.mark.parametrize("reply", [gemini_midstream_error(["some ", "text"]),
                                    gemini_raw_error_tail(["some ", "text"]),
-                                   Reply(chunks=gemini_sse(gemini_events(["some ", "text"])[:2]),
+                                   Reply(chunks=gemini_sse(gemini_events(["some ", "text"], finish=None)),
                                          drop=True)],
                          ids=["error-event", "raw-json-tail", "dropped-connection"])
 def test_an_upstream_dying_mid_stream_ends_with_one_error(server, gemini, reply):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from chatbridge import config, errors, sse
+from chatbridge import config, errors, failures, sse
 from chatbridge.redaction import Redactor
 from chatbridge.transport import Transport
 from chatbridge.upstreams import Registry
@@ -71,7 +71,7 @@ def test_openai_translator_reads_reasoning_content_and_ignores_null_content():
     (gemini_invalid_key(), "invalid_key"),
 ])
 def test_gemini_errors_are_classified(reply, kind):
-    failure = errors.classify_failure(reply.status, json.loads(b"".join(reply.chunks)))
+    failure = failures.classify_failure(reply.status, json.loads(b"".join(reply.chunks)))
     assert failure.kind == kind
     if kind == "rate_limit":
         assert failure.retry_after == 41.5 and not failure.per_day
@@ -85,14 +85,14 @@ def test_gemini_errors_are_classified(reply, kind):
     (502, "<html>bad gateway</html>", "server"),
 ])
 def test_http_errors_are_classified(status, body, kind):
-    assert errors.classify_failure(status, body).kind == kind
+    assert failures.classify_failure(status, body).kind == kind
 
 
 def test_retry_after_comes_from_retry_info_then_header_then_default():
     per_day = json.loads(b"".join(gemini_429(None, per_day=True).chunks))["error"]
-    assert errors.per_day_quota(per_day)
-    assert errors.retry_delay({}, {"Retry-After": "7"}) == 7
-    assert errors.retry_delay({}, {}) == errors.RATE_LIMIT_COOLDOWN
+    assert failures.per_day_quota(per_day)
+    assert failures.retry_delay({}, {"Retry-After": "7"}) == 7
+    assert failures.retry_delay({}, {}) == failures.RATE_LIMIT_COOLDOWN
 
 
 def test_keys_are_trimmed_deduplicated_and_grouped():
