@@ -49,6 +49,9 @@ class NativeCall:
 
 
 class GeminiProvider(HttpProvider):
+    """Gemini over its REST API; serves model names starting with gemini or gemma, and the
+    `gemini/` prefix. Its own API is passed through for /v1beta (NativeCall)."""
+
     name = "gemini"
     display_name = "Gemini"
     key_noun = "Gemini key"

@@ -23,6 +23,9 @@ UNUSABLE_FINISHES = {  # DeepSeek's
 
 
 class OpenAICompatProvider(HttpProvider):
+    """An OpenAI-compatible Chat Completions API; serves every model name no other provider
+    claims, and the `zju/` prefix. Its non-streaming answers pass to OpenAI clients unchanged."""
+
     name = "zju"
     display_name = "the OpenAI-compatible upstream"
     key_noun = "key of the OpenAI-compatible upstream"
