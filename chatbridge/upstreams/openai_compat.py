@@ -32,12 +32,12 @@ class OpenAICompatProvider(HttpProvider):
     key_variable = "ZJU_API_KEY"
     owned_by = "zju"
 
+    def claims(self, model):
+        return True  # every name no other provider claims
+
     @classmethod
     def from_config(cls, config, transport):
         return cls(config.openai_compat_keys, config.openai_compat_base_url, transport, FALLBACK_MODEL)
-
-    def claims(self, model):
-        return True  # every name no other provider claims
 
     def file_refusal(self, mime_type):
         if openai_takes(mime_type):
