@@ -336,8 +336,16 @@ def completion_id() -> str:
 
 
 def completion_of(answer: WholeAnswer, model: str) -> dict:
-    """A whole answer as an OpenAI chat.completion: the upstream's own, or made from deltas."""
-    return answer.chat_completion or completion_from_deltas(answer.deltas, model)
+    """A whole answer as an OpenAI chat.completion: the upstream's own with its finish_reason
+    in OpenAI's words, or one made from deltas."""
+    completion = answer.chat_completion
+    if completion is None:
+        return completion_from_deltas(answer.deltas, model)
+    choice = (completion.get("choices") or [None])[0]
+    if isinstance(choice, dict):
+        called = bool((choice.get("message") or {}).get("tool_calls"))
+        choice["finish_reason"] = openai_finish(answer.finish, called)
+    return completion
 
 
 def completion_from_deltas(deltas: Iterable, model: str) -> dict:

@@ -29,9 +29,13 @@ class WholeAnswer:
     chat_completion: dict | None = None
 
     @property
+    def finish(self) -> Finish:
+        return next(d.value for d in self.deltas if d.kind == "finish")
+
+    @property
     def complete(self) -> bool:
         """Whether the answer ended as the model meant it to (stop or tool calls)."""
-        return any(d.kind == "finish" and d.value in COMPLETE_FINISHES for d in self.deltas)
+        return self.finish in COMPLETE_FINISHES
 
 
 class Provider:
