@@ -127,36 +127,44 @@ class Finish(str):
 class ToolCallTracker:
     """Tells which call each streamed tool_call delta belongs to, for the writers.
 
-    A piece with an index belongs to that call. Without one (OpenAI-compatible servers that
-    omit it, Gemini's complete functionCall parts), a piece with an id other than the current
-    call's, or with a name but no id, starts a new call; an arguments-only piece continues the
-    last call. Calls get positions 0, 1, 2 … in the order they start.
+    A piece with an index belongs to the call at that index, unless it brings an id other than
+    that call's (servers that put every call at index 0 tell them apart so). Without an index
+    (OpenAI-compatible servers that omit it, Gemini's complete functionCall parts), a piece
+    with an id other than the current call's, or with a name but no id, starts a new call; an
+    arguments-only piece continues the last call. Calls get positions 0, 1, 2 … in the order
+    they start.
     """
 
     def __init__(self):
-        self.positions = {}  # an upstream index or id -> position
-        self.current = None  # the id or index of the call being written
+        self.count = 0
+        self.by_index = {}  # upstream index -> (position, id)
+        self.by_id = {}  # id -> position
+        self.current = None  # the position of the call being written
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return self.count
 
     def place(self, piece: dict) -> tuple:
         """(position, whether this piece starts the call)."""
-        key = self.key(piece)
-        new = key not in self.positions
+        index, call_id = piece.get("index"), piece.get("id")
+        if index is not None:
+            position, held = self.by_index.get(index, (None, None))
+            if position is None or (call_id and held and call_id != held):
+                position = None
+            self.by_index[index] = (position, call_id or held)
+        elif call_id:
+            position = self.by_id.get(call_id)
+        else:
+            position = None if piece.get("name") else self.current
+        new = position is None
         if new:
-            self.positions[key] = len(self.positions)
-        self.current = key
-        return self.positions[key], new
-
-    def key(self, piece: dict):
-        if piece.get("index") is not None:
-            return ("index", piece["index"])
-        if piece.get("id"):
-            return ("id", piece["id"])
-        if piece.get("name") or self.current is None:
-            return ("call", len(self.positions))  # a new call without an id
-        return self.current
+            position, self.count = self.count, self.count + 1
+            if index is not None:
+                self.by_index[index] = (position, call_id)
+        if call_id:
+            self.by_id[call_id] = position
+        self.current = position
+        return position, new
 
 
 def parse_json(text: Any) -> Any:

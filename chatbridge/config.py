@@ -119,9 +119,9 @@ class Settings:
         return keys
 
     def items(self, name: str, default: str = "") -> tuple:
-        """A comma-separated list, trimmed, without empty entries or repeats."""
+        """A list separated by commas or newlines, trimmed, without empty entries or repeats."""
         raw = self.environ.get(name, default)
-        return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+        return tuple(dict.fromkeys(item.strip() for item in KEY_SEPARATORS.split(raw) if item.strip()))
 
     def number(self, name: str, default, minimum: float = 0.0, kind=float,
                maximum: float = math.inf):
