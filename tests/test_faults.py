@@ -282,12 +282,13 @@ RESET_BODY = {"message": "Rate limit exceeded: free-models-per-min.", "code": 42
     (GEMINI_QUOTA[1]["error"], {"Retry-After": "5"}, "", 41.5),  # RetryInfo comes first
     ({}, {"Retry-After": "40"}, "", 40),
     ({}, {"retry-after": "2.5"}, "", 2.5),
-    ({}, {"Retry-After": in_seconds(120)}, "", 120),
+    ({}, lambda: {"Retry-After": in_seconds(120)}, "", 120),
     ({}, {"x-ratelimit-reset-requests": "6m0s", "x-ratelimit-reset-tokens": "1.5s"}, "", 360),
     ({}, {"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "2m30s"}, "", 150),
     ({}, {"x-ratelimit-reset-tokens": "20ms"}, "", 0.02),
-    ({**RESET_BODY, "metadata": {"headers": {"X-RateLimit-Limit": "20", "X-RateLimit-Remaining":
-                                             "0", "X-RateLimit-Reset": epoch_ms(90)}}}, {}, "", 90),
+    (lambda: {**RESET_BODY, "metadata": {"headers": {
+        "X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": epoch_ms(90)}}},
+     {}, "", 90),
     ({}, {}, "Rate limit reached for requests. Please try again in 20s.", 20),
     ({}, {}, "You exceeded your current quota. Please retry in 12.48s.", 12.48),
     ({}, {}, "Please try again in 6ms.", 0.006),
@@ -296,6 +297,8 @@ RESET_BODY = {"message": "Rate limit exceeded: free-models-per-min.", "code": 42
         "reset headers", "the later reset header", "reset header in ms", "reset in the body",
         "try again in", "retry in", "try again in ms", "nothing said"])
 def test_the_rest_time_is_read_wherever_the_upstream_states_it(error, headers, message, seconds):
+    # times relative to now are made when the test runs, not when it is collected
+    error, headers = (value() if callable(value) else value for value in (error, headers))
     delay = retry_delay(error, CaseInsensitiveDict(headers), message)
     assert delay == pytest.approx(seconds, abs=2 if seconds >= 60 else 0.01)
 
