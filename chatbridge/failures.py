@@ -6,9 +6,11 @@ OpenAI-style {"error": {"message", "type", "code"}}), in this order:
    "insufficient credits" or "balance", "enable billing". The key rests for every model
    (BILLING_COOLDOWN, a long rest) and requests fail over.
 2. invalid_key: the key itself is bad, disabled or suspended, in any status: 401, 403
-   (PERMISSION_DENIED), API_KEY_INVALID, API_KEY_EXPIRED, SERVICE_DISABLED,
-   CONSUMER_SUSPENDED, "api key not valid", "invalid api key", `invalid_api_key`. The key
-   rests for every model (keys.INVALID_KEY_COOLDOWN) and requests fail over.
+   (PERMISSION_DENIED; but not a 403 about the request's content: input flagged by
+   moderation (OpenRouter), a file the project may not read (Gemini)), API_KEY_INVALID,
+   API_KEY_EXPIRED, SERVICE_DISABLED, CONSUMER_SUSPENDED, "api key not valid", "invalid api
+   key", `invalid_api_key`. The key rests for every model (keys.INVALID_KEY_COOLDOWN) and
+   requests fail over.
 3. rate_limit: a quota is used up, in any status: 429, RESOURCE_EXHAUSTED,
    `rate_limit_exceeded`. The key rests for that model for as long as the upstream says
    (retry_delay); a per-day quota until midnight Pacific.
@@ -35,6 +37,7 @@ BILLING_CODES = {"insufficient_quota", "billing_not_active", "billing_hard_limit
                  "insufficient_balance", "payment_required"}
 BILLING_WORDS = re.compile(r"insufficient (?:credits?|balance|funds)|credit balance|"
                            r"out of credits?|enable billing|billing (?:is )?not active", re.I)
+REQUEST_403_WORDS = re.compile(r"flagged|moderation|permission to access the file", re.I)
 QUOTA_WORDS = re.compile(r"rate[ _]limit|too many requests|resource_exhausted", re.I)
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 RETRY_IN = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?(?:ms|h|m|s)(?:\d+(?:\.\d+)?(?:ms|h|m|s))*)",
@@ -50,6 +53,8 @@ def classify_failure(status: int, body: Any, headers=None) -> UpstreamError:
     message = error_message(body, f"upstream answered HTTP {status}")
     if is_billing(status, error, message):
         return UpstreamError("billing", message, status)
+    if status == 403 and REQUEST_403_WORDS.search(message):  # a 403 about the request's content
+        return UpstreamError("rejected", message, status)
     if status in (401, 403) or names_invalid_key(error, message):
         return UpstreamError("invalid_key", message, status)
     if status == 429 or names_quota(error, message):

@@ -190,6 +190,12 @@ OPENAI_CONTEXT = (400, {"error": {
     "message": "This model's maximum context length is 65536 tokens. However, you requested "
                "70000 tokens. Please reduce the length of the messages.",
     "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+OPENROUTER_MODERATION = (403, {"error": {
+    "code": 403, "message": "gpt-4o requires moderation on OpenRouter. Your input was flagged for "
+    "\"harassment\"", "metadata": {"reasons": ["harassment"], "flagged_input": "..."}}})
+GEMINI_FILE_PERMISSION = (403, gemini_status(
+    403, "PERMISSION_DENIED", "You do not have permission to access the File abc123 or it may "
+                              "not exist."))
 GEMINI_UNKNOWN_FIELD = (400, gemini_status(  # names an api_key, but only as a field
     400, "INVALID_ARGUMENT",
     'Invalid JSON payload received. Unknown name "api_key": Cannot find field.'))
@@ -229,6 +235,8 @@ GEMINI_UNKNOWN_FIELD = (400, gemini_status(  # names an api_key, but only as a f
     pytest.param(GEMINI_LOCATION, "rejected", None, id="gemini_location"),
     pytest.param(OPENAI_CONTEXT, "rejected", None, id="openai_context"),
     pytest.param(GEMINI_UNKNOWN_FIELD, "rejected", None, id="gemini_unknown_field"),
+    pytest.param(OPENROUTER_MODERATION, "rejected", None, id="openrouter_moderation"),
+    pytest.param(GEMINI_FILE_PERMISSION, "rejected", None, id="gemini_file_permission"),
     pytest.param((404, gemini_status(404, "NOT_FOUND", "models/gemini-0 is not found for API "
                                                        "version v1beta.")), "rejected", None,
                  id="gemini_model_not_found"),
