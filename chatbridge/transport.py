@@ -1,6 +1,7 @@
 """HTTP to the upstreams: the one module that uses `requests`.
 
-One pooled session per app. Keys travel in headers, never in a URL. Streams are read with
+One pooled session per app. Keys travel in headers, never in a URL; redirects are never
+followed (a 3xx is an upstream failure) and no cookie is kept. Streams are read with
 the raw stream's read1, so events go out as they arrive (iter_lines holds back a
 non-chunked upstream's events); streamed requests ask for no compression, which would make
 events arrive in bursts. Network exceptions become UpstreamErrors here
@@ -9,6 +10,7 @@ events arrive in bursts. Network exceptions become UpstreamErrors here
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import requests
@@ -28,6 +30,8 @@ class Transport:
     def __init__(self, connect_timeout: float, read_timeout: float):
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
+        # No cookie an upstream sets goes back to it, nor to any other upstream.
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -38,10 +42,15 @@ class Transport:
         if stream:
             headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
         try:
-            return self.session.request(method, url, headers=headers, stream=stream, **body,
-                                        timeout=self.timeout)
+            response = self.session.request(method, url, headers=headers, stream=stream, **body,
+                                            timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
             raise failure_from_exception(exc) from None
+        if response.is_redirect:  # following it would hand the key and prompt to another host
+            response.close()
+            raise UpstreamError("server", f"the upstream answered with a redirect (HTTP "
+                                          f"{response.status_code}), which is not followed")
+        return response
 
 
 def iter_body(response: requests.Response) -> Iterator:

@@ -3,6 +3,7 @@ streamed responses. Each API module renders errors in its own format; this turns
 was raised into a ChatBridgeError first, so no traceback and no key reaches a client."""
 
 from collections.abc import Callable, Iterator
+import re
 from contextlib import suppress
 
 from flask import Response, current_app, g, jsonify, request
@@ -16,6 +17,7 @@ from ..service import current_service
 from ..sse import StreamWriter
 
 ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")  # what a catch-all route takes
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def install_error_handler(scope, render: Callable) -> None:
@@ -26,6 +28,7 @@ def install_error_handler(scope, render: Callable) -> None:
         if isinstance(error, HTTPException) and (error.code is None or error.code < 400):
             return error  # redirects and the like are not errors
         error = as_chatbridge_error(error)
+        error.message = error.message.encode("utf-8", "replace").decode("utf-8")  # always text
         g.chat_log.outcome = f"error: {error.message}"
         body, status = render(error)
         response = Response(body, content_type="application/json") if isinstance(body, bytes) \
@@ -96,7 +99,35 @@ def read_json_body() -> dict:
         raise ClientError("the body is not valid JSON")
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
+    if ESCAPED_SURROGATE.search(request.get_data()):  # cheap: most bodies have no \uD8xx at all
+        refuse_lone_surrogates(body)
     return body
+
+
+def refuse_lone_surrogates(body: dict) -> None:
+    """A 400 naming the first field whose text holds half of a UTF-16 surrogate pair: it is not
+    text, and no upstream (nor our own JSON writer) takes it."""
+    try:
+        where = lone_surrogate(body, "")
+    except RecursionError:
+        where = "the body"
+    if where is not None:
+        raise ClientError(f"'{where.lstrip('.') or 'the body'}' holds a lone surrogate "
+                          "(\\ud800 to \\udfff), which is not text")
+
+
+def lone_surrogate(value, where: str) -> str | None:
+    """Where in a parsed JSON value a key or string holds a lone surrogate, if anywhere."""
+    if isinstance(value, str):
+        return where if any("\ud800" <= c <= "\udfff" for c in value) else None
+    if isinstance(value, dict):
+        children = [(f"{where}.{key}", key) for key in value]
+        children += [(f"{where}.{key}", item) for key, item in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return None
+    return next((found for path, child in children if (found := lone_surrogate(child, path))), None)
 
 
 def note_request(chat: ChatRequest) -> RequestLog:

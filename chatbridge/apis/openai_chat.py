@@ -138,8 +138,9 @@ def parse_request(body: dict, config: Config, registry) -> ChatRequest:
         stream=stream_field(body),
         top_p=optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "a number from 0 to 1"),
         stop=[stop] if isinstance(stop, str) else stop,
-        response_format=optional(body, "response_format", dict, lambda v: v.get("type") in (
-            "text", "json_object", "json_schema"), "{type: text, json_object or json_schema}"),
+        response_format=optional(body, "response_format", dict, valid_response_format,
+                                 "{type: text, json_object or json_schema, json_schema: "
+                                 "{name, schema: an object}}"),
         tools=parse_tools(body.get("tools")),
         tool_choice=parse_tool_choice(body.get("tool_choice")),
         include_usage=bool(options.get("include_usage")),
@@ -186,7 +187,7 @@ def assistant_turn(message: dict, where: str, config: Config, call_names: dict) 
 def tool_turn(message: dict, where: str, config: Config, call_names: dict) -> Turn:
     """A tool message: the result of a call an earlier assistant message made."""
     call_id = message.get("tool_call_id")
-    if call_id not in call_names:
+    if not isinstance(call_id, str) or call_id not in call_names:
         raise ClientError(f"'{where}.tool_call_id' must name a tool call of an earlier "
                           "assistant message")
     text = content_of(message.get("content"), where, config)[0]
@@ -224,10 +225,9 @@ def parse_tool_calls(raw: Any, where: str) -> tuple:
                               "{id, type: function, function: {name, arguments}}")
         if not isinstance(function.get("arguments", ""), str):
             raise ClientError(f"'{where}.tool_calls[].function.arguments' must be a JSON string")
-        google = (call.get("extra_content") or {}).get("google") or {}
         calls.append({"id": call["id"], "name": function["name"],
                       "arguments": function.get("arguments") or "{}",
-                      "signature": google.get("thought_signature")})
+                      "signature": thought_signature(call, where)})
     return tuple(calls)
 
 
@@ -237,17 +237,38 @@ def parse_tools(raw: Any) -> list | None:
         return None
     valid = isinstance(raw, list) and all(
         isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
-        and isinstance(t["function"].get("name"), str) for t in raw)
+        and isinstance(t["function"].get("name"), str)
+        and isinstance(t["function"].get("description", ""), str)
+        and isinstance(t["function"].get("parameters", {}), dict) for t in raw)
     if not valid:
         raise ClientError("'tools' must be a list of {type: function, function: {name, "
                           "description, parameters}}")
     return raw
 
 
+def thought_signature(call: dict, where: str) -> str | None:
+    """Gemini's thought signature as Google's OpenAI-compatible API carries it on a tool call:
+    extra_content.google.thought_signature."""
+    extra = call.get("extra_content")
+    if extra is not None and not isinstance(extra, dict):
+        raise ClientError(f"'{where}.tool_calls[].extra_content' must be an object")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) else None
+
+
+def valid_response_format(value: dict) -> bool:
+    if value.get("type") not in ("text", "json_object", "json_schema"):
+        return False
+    schema = value.get("json_schema")
+    return schema is None or (isinstance(schema, dict) and isinstance(schema.get("schema", {}), dict))
+
+
 def parse_tool_choice(raw: Any) -> Any:
     if raw is None or raw in ("none", "auto", "required"):
         return raw
-    if isinstance(raw, dict) and isinstance((raw.get("function") or {}).get("name"), str):
+    function = raw.get("function") if isinstance(raw, dict) else None
+    if isinstance(function, dict) and isinstance(function.get("name"), str):
         return raw
     raise ClientError("'tool_choice' must be none, auto, required or "
                       "{type: function, function: {name}}")

@@ -1,0 +1,89 @@
+"""Malformed input is a 4xx naming the field, in the caller's API's shape, never a 500
+(issue 11, item 8), and an upstream that redirects is not followed nor handed a cookie jar
+(item 2)."""
+
+import json
+
+import pytest
+
+from tests.client import ask
+from tests.conftest import GEMINI_KEYS
+from tests.fakes import Reply
+
+HELLO = [{"role": "user", "content": "x"}]
+CALL = {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def raw(text: str) -> bytes:
+    """A JSON body as a client may send it: \\u escapes of lone surrogates kept as bytes."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/api/chat", r'{"message": "hi", "model": "\ud800"}', "'model'"),
+    ("/api/chat", r'{"message": "\udfff and more"}', "'message'"),
+    ("/api/chat", r'{"message": "hi", "file_data": {"mime_type": "\ud800", "data": "aGk="}}',
+     "'file_data.mime_type'"),
+    ("/api/chat", r'{"message": "hi", "file_data": {"mime_type": "text/plain", "filename": "a\udc00",'
+                  r' "data": "aGk="}}', "'file_data.filename'"),
+    ("/api/chat", r'{"messages": [{"role": "user", "parts": [{"type": "text", "text": "\ud800"}]}]}',
+     "'messages[0].parts[0].text'"),
+    ("/v1/chat/completions", r'{"model": "echo", "messages": [{"role": "user", "content": "\ud834"}]}',
+     "'messages[0].content'"),
+], ids=["model", "message", "mime_type", "filename", "useChat text", "v1 content"])
+def test_a_lone_surrogate_is_a_400_naming_the_field(client, gemini, path, body, field):
+    response = client.post(path, data=raw(body), content_type="application/json")
+    assert response.status_code == 400
+    message = response.json["error"] if path.startswith("/api") else response.json["error"]["message"]
+    assert field in message and "surrogate" in message
+    assert gemini.requests == []
+
+
+def test_a_surrogate_pair_is_just_text(client):
+    response = client.post("/api/chat", data=rb'{"message": "\ud83d\ude00", "model": "echo"}',
+                           content_type="application/json")
+    assert response.status_code == 200 and "😀" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"messages": HELLO + [{"role": "assistant", "tool_calls": [{**CALL, "extra_content": "x"}]}]},
+     "extra_content"),
+    ({"messages": HELLO + [{"role": "assistant", "tool_calls": [CALL]},
+                           {"role": "tool", "tool_call_id": ["a"], "content": "x"}]}, "tool_call_id"),
+    ({"messages": HELLO, "tool_choice": {"type": "function", "function": "f"}}, "tool_choice"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": "x"}},
+     "response_format"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"schema": 1}}},
+     "response_format"),
+    ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+     "tools"),
+    ({"messages": HELLO, "tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+     "tools"),
+], ids=["extra_content", "tool_call_id list", "tool_choice.function", "json_schema string",
+        "schema number", "parameters list", "description number"])
+def test_malformed_openai_fields_are_400_naming_them(client, gemini, fields, words):
+    response = client.post("/v1/chat/completions", json={"model": "gemini-2.5-flash", **fields})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.json["error"]
+    assert words in error["message"] and error["type"] == "invalid_request_error"
+    assert gemini.requests == []
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_upstream_failure_not_followed(server, gemini, status):
+    gemini.script = lambda r: Reply(status=status, chunks=[b""], headers={
+        "Location": f"http://127.0.0.1:{gemini.port}/elsewhere"}) if r.key == GEMINI_KEYS[0] else None
+    response = ask(server)
+    assert response.status_code == 200, "the next key answered"
+    assert [r.path for r in gemini.requests if "elsewhere" in r.path] == [], "never followed"
+    assert len(gemini.requests) == 2
+
+
+def test_cookies_an_upstream_sets_are_never_sent_back(server, openai):
+    openai.script = lambda r: Reply(headers={"Set-Cookie": "session=upstream-secret; Path=/"},
+                                    chunks=[json.dumps({"object": "chat.completion", "choices": [{
+                                        "index": 0, "message": {"role": "assistant", "content": "hi"},
+                                        "finish_reason": "stop"}]}).encode()])
+    for _ in range(4):
+        assert ask(server, model="deepseek-v3-671b").status_code == 200
+    assert all("cookie" not in {k.lower() for k in r.headers} for r in openai.requests)
