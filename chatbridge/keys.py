@@ -156,6 +156,7 @@ class KeyPool:
             try:
                 answer = attempt(key)
             except UpstreamError as failure:
+                cancel.check()  # the client left and its upstream was closed: not the key's fault
                 failure.message = self.redactor.public_text(failure.message)
                 self.note_attempt(key, model, failure)
                 log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,

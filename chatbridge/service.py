@@ -73,14 +73,16 @@ class Service:
 
         def attempt(key):
             answer = provider.open_stream(chat, key, cancel)
-            answer.on_failure = lambda failure: self.failed_midway(chat, key, failure)
+            answer.on_failure = lambda failure: self.failed_midway(chat, key, failure, cancel)
             return answer
         return self.failover(chat, plan, attempt, cancel, record)
 
-    def failed_midway(self, chat: ChatRequest, key, failure: UpstreamError) -> None:
-        """After content went out: make the message public, and rest the key if it asks."""
+    def failed_midway(self, chat: ChatRequest, key, failure: UpstreamError, cancel: Cancel) -> None:
+        """After content went out: make the message public, and rest the key if it asks; a
+        stream closed because its client left is no failure of the key."""
         failure.message = self.redactor.public_text(failure.message)
-        self.pools[chat.provider].note_attempt(key, chat.model, failure, new_attempt=False)
+        if not cancel.cancelled:
+            self.pools[chat.provider].note_attempt(key, chat.model, failure, new_attempt=False)
 
     def complete(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                  record: RequestLog) -> WholeAnswer:

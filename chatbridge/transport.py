@@ -89,7 +89,8 @@ def close_upstream(response: requests.Response) -> None:
     """Close an upstream response now, even while another greenlet or thread reads it."""
     with suppress(ValueError, RuntimeError, OSError, AttributeError):
         response.raw.shutdown()  # wakes a reader blocked in recv
-    response.close()
+    with suppress(ValueError, RuntimeError, OSError):  # "reentrant call" while another reads it
+        response.close()
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.client import events, post_chat, shape_a_text, shape_b_text
-from tests.conftest import GEMINI_KEYS
+from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS
 from tests.fakes import (
     Reply,
     gemini_blocked,
@@ -126,6 +126,21 @@ def test_client_disconnect_closes_the_upstream(server, gemini, body, upstream):
     closed = time.monotonic()
     assert gemini.wait_for_disconnects(1, 2.0)
     assert gemini.disconnects[0] - closed < 2.0
+
+
+@pytest.mark.parametrize("body", [SHAPE_A, SHAPE_B], ids=["a", "b"])
+def test_a_client_leaving_is_no_failure_of_the_key(server, gemini, body):
+    gemini.script = lambda r: Reply(chunks=gemini_sse(gemini_events(["hello"], finish=None)),
+                                    hang=True)
+    for _ in range(3):
+        with requests.post(server.url + "/api/chat", json=body, stream=True, timeout=10) as response:
+            next(response.iter_lines())
+    assert gemini.wait_for_disconnects(3, 3.0)
+    time.sleep(0.3)
+    keys = requests.get(server.url + "/api/keys", timeout=5,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["providers"]["gemini"]
+    assert [(k["state"], k["failures"]) for k in keys] == [("ok", 0)] * 3
+    assert "Traceback" not in server.log().split("client disconnected")[-1]
 
 
 def test_pings_flow_while_a_slow_key_fails_over(server, gemini):
