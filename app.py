@@ -8,6 +8,7 @@ import sys
 
 from chatbridge import create_app
 from chatbridge.errors import ConfigError
+from chatbridge.logs import redact_access_log
 
 
 def __getattr__(name: str):
@@ -22,4 +23,6 @@ if __name__ == "__main__":
         app = create_app()
     except ConfigError as error:
         sys.exit(f"ChatBridge cannot start: {error}")  # the message, not a traceback
-    app.run(host="0.0.0.0", port=app.extensions["chatbridge"].config.port, threaded=True)
+    service = app.extensions["chatbridge"]
+    redact_access_log(service.redactor)
+    app.run(host=service.config.host, port=service.config.port, threaded=True)

@@ -51,6 +51,7 @@ class Config:
     openai_compat_keys: tuple = ()  # ZJU_API_KEY: the OpenAI-compatible upstream's user-facing name is zju
     openai_compat_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
     default_model: str = ECHO_MODEL
+    host: str = "127.0.0.1"  # where `python app.py` listens; gunicorn takes --bind instead
     port: int = 5000
     cors_origins: tuple = ("*",)
     temp_data_dir: Path = PROJECT_DIR / "temp_data"
@@ -80,14 +81,16 @@ class Config:
 
 KEY_SEPARATORS = re.compile(r"[,\r\n]+")  # commas, or one key a line as pasted from a file
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry of a key
+HOST = re.compile(r"[0-9A-Za-z.:-]+")  # a name, an IPv4 or an IPv6 address (`::1`, `::`)
 
 
-def parse_keys(raw: str) -> tuple:
+def parse_keys(raw: str, groups: bool = True) -> tuple:
     """Split a key list (commas or newlines, whitespace around them trimmed, empties and
-    repeats dropped); `group:key` entries share a quota group."""
+    repeats dropped). With groups, `group:key` entries share a quota group (Gemini keys of
+    one Google project); without, a colon is part of the key (ZJU's `APPID:secret`)."""
     keys, seen = [], set()
     for entry in KEY_SEPARATORS.split(raw):
-        group, _, secret = entry.rpartition(":")
+        group, _, secret = entry.rpartition(":") if groups else ("", "", entry)
         group, secret = group.strip(), secret.strip()
         if secret and secret not in seen:
             seen.add(secret)
@@ -112,9 +115,10 @@ class Settings:
     def text(self, name: str, default: str = "") -> str:
         return self.environ.get(name, "").strip() or default
 
-    def keys(self, name: str) -> tuple:
-        """An upstream's keys (parse_keys), each one checked for what a header can carry."""
-        keys = parse_keys(self.text(name))
+    def keys(self, name: str, groups: bool) -> tuple:
+        """An upstream's keys (parse_keys, with or without `group:` prefixes), each one
+        checked for what a header can carry."""
+        keys = parse_keys(self.text(name), groups)
         self.problems += unsendable_keys(name, keys)
         return keys
 
@@ -153,6 +157,14 @@ class Settings:
             return choices[0]
         return value
 
+    def host(self, name: str, default: str) -> str:
+        """A host name or IP address to listen on."""
+        value = self.text(name, default)
+        if not HOST.fullmatch(value):
+            self.problems.append(f"{name} must be a host name or an IP address, not {value!r}")
+            return default
+        return value
+
     def redis_url(self, name: str) -> str:
         value = self.text(name)
         if value and not re.match(r"(rediss?|unix)://", value):
@@ -164,8 +176,8 @@ def load_config(environ=None) -> Config:
     """Build the Config from environment variables (os.environ unless given), naming every
     problem at once in a ConfigError."""
     settings = Settings(os.environ if environ is None else environ)
-    gemini_keys = settings.keys("ALL_GEMINI_API_KEYS")
-    openai_compat_keys = settings.keys("ZJU_API_KEY")
+    gemini_keys = settings.keys("ALL_GEMINI_API_KEYS", groups=True)
+    openai_compat_keys = settings.keys("ZJU_API_KEY", groups=False)  # ZJU's keys are APPID:secret
     gemini_model = settings.text("GEMINI_MODEL", Config.gemini_model)
     fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if openai_compat_keys else ECHO_MODEL
     data_dir = settings.text("TEMP_DATA_DIR")
@@ -176,6 +188,7 @@ def load_config(environ=None) -> Config:
         openai_compat_keys=openai_compat_keys,
         openai_compat_base_url=settings.url("ZJU_BASE_URL", Config.openai_compat_base_url),
         default_model=settings.text("DEFAULT_MODEL", fallback_model),
+        host=settings.host("HOST", Config.host),
         port=settings.number("PORT", 5000, 1, int, 65535),
         cors_origins=settings.items("CORS_ORIGINS", "*") or ("*",),
         temp_data_dir=Path(data_dir) if data_dir else Config.temp_data_dir,

@@ -13,7 +13,8 @@ OpenAI-style {"error": {"message", "type", "code"}}), in this order:
    requests fail over.
 3. rate_limit: a quota is used up, in any status: 429, RESOURCE_EXHAUSTED,
    `rate_limit_exceeded`. The key rests for that model for as long as the upstream says
-   (retry_delay); a per-day quota until midnight Pacific.
+   (retry_delay: at most MAX_RETRY_DELAY, a day; a delay that is no finite number counts as
+   unstated); a per-day quota until midnight Pacific.
 4. server: 5xx, 529 (overloaded), and any other status under 400 but 200: the upstream's
    fault. Requests fail over; the key does not rest.
 5. rejected: any other 4xx (a bad schema, a context too long, an invalid argument): the
@@ -21,6 +22,7 @@ OpenAI-style {"error": {"message", "type", "code"}}), in this order:
 """
 
 import email.utils
+import math
 import re
 import time
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 from .errors import UpstreamError
 
 RATE_LIMIT_COOLDOWN = 60.0  # seconds, when a 429 says nothing about when to come back
+MAX_RETRY_DELAY = 24 * 3600.0  # seconds: no upstream's word rests a key longer (issue 11, item 6)
 INVALID_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_EXPIRED", "SERVICE_DISABLED",
                        "CONSUMER_SUSPENDED", "API_KEY_SERVICE_BLOCKED"}
 INVALID_KEY_WORDS = re.compile(r"api[ _]key not valid|invalid[ _]api[ _]key|incorrect api key|"
@@ -121,14 +124,24 @@ def retry_delay(error: Any, headers=None, message: str = "") -> float:
     Gemini's RetryInfo, Retry-After (seconds or an HTTP date), OpenAI's x-ratelimit-reset-*
     headers (durations such as 6m0s or 1.5s; the later of the two), a reset time in the error
     body (OpenRouter's metadata.headers X-RateLimit-Reset, epoch milliseconds), "try again
-    in 20s" in the message; else RATE_LIMIT_COOLDOWN."""
+    in 20s" in the message; else RATE_LIMIT_COOLDOWN. A stated delay that is no finite number
+    ("infs", a 400-digit one) is passed over; the result is at most MAX_RETRY_DELAY."""
     headers = headers or {}
+    resets = [sane_delay(parse_duration(headers.get(h, ""))) for h in RESET_HEADERS]
     for delay in (retry_info(error), retry_after(headers.get("Retry-After", "")),
-                  max((parse_duration(headers.get(h, "")) or 0 for h in RESET_HEADERS), default=0)
-                  or None, body_reset(error), message_delay(message)):
+                  max((d for d in resets if d), default=None), body_reset(error),
+                  message_delay(message)):
+        delay = sane_delay(delay)
         if delay is not None:
-            return max(0.0, delay)
+            return delay
     return RATE_LIMIT_COOLDOWN
+
+
+def sane_delay(delay: float | None) -> float | None:
+    """A stated delay within 0 and MAX_RETRY_DELAY; None when it is none or not finite."""
+    if delay is None or not math.isfinite(delay):
+        return None
+    return min(max(0.0, delay), MAX_RETRY_DELAY)
 
 
 def retry_info(error: Any) -> float | None:
@@ -147,7 +160,7 @@ def retry_after(header: str) -> float | None:
         return float(header)
     try:
         return email.utils.parsedate_to_datetime(header).timestamp() - time.time()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -6,10 +6,12 @@ The rules, in the order a request meets them:
 2. Rests. A key whose quota is used up (chatbridge/failures.py says which errors mean what)
    rests for that model only, and so does every key of its group (`project:key` in the
    settings: keys of one Google project share its quota), for the delay the upstream stated
-   (failures.retry_delay, else 60 s); a per-day quota rests it until midnight Pacific, when
-   Gemini resets it. A key rejected as invalid or disabled, or whose account is out of
-   credit, rests for an hour for every model. An upstream's own failure (5xx, overload)
-   rests no key. Rests are marks in the state store, so every worker skips the key.
+   (failures.retry_delay, else 60 s; never more than a day); a per-day quota rests it until
+   midnight Pacific, when Gemini resets it. A key rejected as invalid or disabled, or whose
+   account is out of credit, rests for an hour for every model. An upstream's own failure
+   (5xx, overload) rests no key. Rests are marks in the state store, so every worker skips
+   the key; a mark is read as at most MAX_MARK_AHEAD from now, so no stored number rests a
+   key longer or breaks GET /api/keys.
 3. Reservation. A request whose keys all rest waits up to KEY_WAIT_SECONDS for the first to
    come back, else gets 429 with Retry-After at once, so the upstream is not hammered; when
    every key rests as invalid it gets 503.
@@ -21,6 +23,7 @@ The rules, in the order a request meets them:
    use), shown by GET /api/keys with only the key's last four characters.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +33,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .config import ApiKey
 from .errors import NoKeyAvailable, UpstreamError
+from .failures import MAX_RETRY_DELAY, RATE_LIMIT_COOLDOWN, sane_delay
 from .logs import RequestLog, log
 from .redaction import Redactor
 from .state import StateStore
 
 INVALID_KEY_COOLDOWN = 3600.0  # seconds a key rests after the upstream called it invalid
 BILLING_COOLDOWN = 3600.0  # seconds a key rests after its account ran out of credit
+MAX_MARK_AHEAD = MAX_RETRY_DELAY + 3600.0  # the longest rest: a day, or a 25-hour day (DST)
+LAST_DATETIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
 
 def next_pacific_midnight(now: float) -> float:
@@ -49,7 +55,16 @@ def next_pacific_midnight(now: float) -> float:
 
 
 def iso_time(epoch: float) -> str:
+    """An epoch time as ISO 8601 UTC; one a datetime cannot hold as the nearest one it can."""
+    epoch = min(max(epoch, 0.0), LAST_DATETIME) if math.isfinite(epoch) else 0.0
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def mark_until(until: Any, now: float) -> float:
+    """A stored mark as trusted: at most MAX_MARK_AHEAD from now; 0 (no rest) unless a number."""
+    if not isinstance(until, (int, float)) or math.isnan(until):
+        return 0.0
+    return min(until, now + MAX_MARK_AHEAD)
 
 
 def quota_mark(key: ApiKey, model: str) -> str:
@@ -61,8 +76,12 @@ def invalid_mark(key: ApiKey) -> str:
 
 
 def rest_until(failure: UpstreamError, now: float) -> float:
-    """Until when (epoch seconds) a rate-limited key rests."""
-    return next_pacific_midnight(now) if failure.per_day else now + failure.retry_after
+    """Until when (epoch seconds) a rate-limited key rests: at most MAX_RETRY_DELAY unless the
+    quota is per day."""
+    if failure.per_day:
+        return next_pacific_midnight(now)
+    delay = sane_delay(failure.retry_after)
+    return now + (RATE_LIMIT_COOLDOWN if delay is None else delay)
 
 
 @dataclass
@@ -96,8 +115,8 @@ class KeyPool:
         ordered = [self.keys[(turn + i) % len(self.keys)] for i in range(len(self.keys))]
         usable, quota_returns = [], []
         for key in ordered:
-            invalid = marks.get(invalid_mark(key), 0) > now
-            quota = marks.get(quota_mark(key, model), 0)
+            invalid = mark_until(marks.get(invalid_mark(key), 0), now) > now
+            quota = mark_until(marks.get(quota_mark(key, model), 0), now)
             if quota > now and not invalid:
                 quota_returns.append(quota)
             if not invalid and quota <= now:
@@ -207,6 +226,7 @@ class KeyPool:
 def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
     """One key's entry in GET /api/keys."""
     prefix = quota_mark(key, "")
+    marks = {name: mark_until(until, now) for name, until in marks.items()}
     cooling = {name[len(prefix):]: iso_time(until) for name, until in marks.items()
                if name.startswith(prefix) and until > now}
     invalid = marks.get(invalid_mark(key), 0)

@@ -2,7 +2,9 @@
 
 Keys and tokens reach a log line only through chatbridge.redaction; control characters in a
 message (a client's model name, an upstream's error text) are escaped, so nobody can forge
-log lines.
+log lines. The development server's access log (the `werkzeug` logger) masks `key=` values
+and every configured secret (redact_access_log), since a Google-style client puts its access
+token in the URL.
 """
 
 import logging
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("chatbridge")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# a `key` query parameter, its name percent-encoded or not, and its value up to the next one
+KEY_PARAMETER = re.compile(r"([?&;](?:k|%6b)(?:e|%65)(?:y|%79)=)([^&;#\s\"]*)", re.I)
 
 
 class LineFormatter(logging.Formatter):
@@ -43,6 +47,29 @@ def setup_logging(language: str) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+class AccessLogFilter(logging.Filter):
+    """Masks `key=` values and configured secrets in a record's message, then lets it pass."""
+
+    def __init__(self, redactor):
+        super().__init__()
+        self.redactor = redactor  # a chatbridge.redaction.Redactor
+
+    def filter(self, record):
+        message = KEY_PARAMETER.sub(lambda m: m.group(1) + mask(m.group(2)), record.getMessage())
+        record.msg, record.args = self.redactor.redact(message), None
+        return True
+
+
+def mask(value: str) -> str:
+    """A query value cut down to its last four characters, or to nothing when it is short."""
+    return "…" + value[-4:] if len(value) > 8 else "…"
+
+
+def redact_access_log(redactor) -> None:
+    """Mask tokens in every line of werkzeug's development-server access log."""
+    logging.getLogger("werkzeug").addFilter(AccessLogFilter(redactor))
 
 
 @dataclass

@@ -104,8 +104,10 @@ class GeminiProvider(HttpProvider):
         return f"{self.base_url}/models?pageSize=1000", {"x-goog-api-key": key.secret}
 
     def model_names(self, body):
-        return [m["name"].removeprefix("models/") for m in body.get("models") or []
-                if "generateContent" in m.get("supportedGenerationMethods", [])]
+        """The names of the listed models that generate content; malformed entries are skipped."""
+        models = body.get("models")
+        names = [generating_model(m) for m in models] if isinstance(models, list) else []
+        return [name for name in names if name]
 
     def send_native(self, call: NativeCall, key: ApiKey, stream: bool):
         """A Gemini REST call as the client made it, but with a pool key in the header."""
@@ -212,6 +214,16 @@ def without(chat: ChatRequest, feature: str) -> ChatRequest:
     if feature == "json_mode":
         return replace(chat, response_format=None)
     return replace(chat, thinking=False)
+
+
+def generating_model(entry) -> str | None:
+    """A models.list entry's name, if it is a well-formed model that generates content."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return None
+    methods = entry.get("supportedGenerationMethods")
+    if not isinstance(methods, list) or "generateContent" not in methods:
+        return None
+    return entry["name"].removeprefix("models/") or None
 
 
 def gemini_parts(turn: Turn) -> list:

@@ -71,7 +71,10 @@ class OpenAICompatProvider(HttpProvider):
         return f"{self.base_url}/models", {"Authorization": f"Bearer {key.secret}"}
 
     def model_names(self, body):
-        return [m["id"] for m in body.get("data") or [] if isinstance(m.get("id"), str)]
+        """The ids of the listed models; malformed entries are skipped."""
+        models = body.get("data")
+        return [m["id"] for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)
+                and m["id"]] if isinstance(models, list) else []
 
 
 def openai_takes(mime_type: str) -> bool:
