@@ -90,12 +90,21 @@ class StateStore:
         raise NotImplementedError
 
 
+MARK_HORIZON = 25 * 3600.0  # seconds: no rest lasts longer (a day, or a 25-hour day)
+
+
+def live_mark(until, now: float) -> bool:
+    """Whether a stored rest still holds; one further ahead than any rest can last (a state
+    file from before rests were clamped, say) is corrupt, and dropped so a new one replaces it."""
+    return isinstance(until, (int, float)) and now < until <= now + MARK_HORIZON
+
+
 def keys_document(doc: dict) -> dict:
-    """A provider's key state with every part present and expired marks dropped."""
+    """A provider's key state with every part present and expired or corrupt marks dropped."""
     now = time.time()
     doc["counter"] = doc.get("counter") if isinstance(doc.get("counter"), int) else 0
     marks = doc.get("marks") if isinstance(doc.get("marks"), dict) else {}
-    doc["marks"] = {k: v for k, v in marks.items() if isinstance(v, (int, float)) and v > now}
+    doc["marks"] = {k: v for k, v in marks.items() if live_mark(v, now)}
     doc["stats"] = doc.get("stats") if isinstance(doc.get("stats"), dict) else {}
     return doc
 
@@ -288,8 +297,10 @@ for i = 1, #marks, 2 do
   if tonumber(marks[i + 1]) < now then redis.call('HDEL', KEYS[1], marks[i]) end
 end
 for i = 6, #ARGV, 2 do
-  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > old then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
+  if tonumber(ARGV[i + 1]) > old or old > now + 90000 then  -- beyond MARK_HORIZON: corrupt
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 redis.call('HINCRBY', KEYS[2], ARGV[4] .. ':requests', tonumber(ARGV[5]))
 redis.call('HSET', KEYS[2], ARGV[4] .. ':last_used', ARGV[3])
@@ -426,7 +437,8 @@ class RedisStateStore(StateStore):
     @staticmethod
     def live(marks: dict) -> dict:
         now = time.time()
-        return {name: float(until) for name, until in marks.items() if float(until) > now}
+        parsed = {name: float(until) for name, until in marks.items()}
+        return {name: until for name, until in parsed.items() if live_mark(until, now)}
 
 
 def seconds(ttl: float) -> int:

@@ -112,18 +112,17 @@ def admin_keys(base: str, provider: str, get=requests.get) -> list:
     return body["providers"][provider]
 
 
-def test_a_stored_infinite_mark_does_not_break_the_key_list(make_app):
+def test_a_stored_infinite_mark_is_dropped_and_breaks_nothing(make_app):
     app = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
     config = app.extensions["chatbridge"].config
     config.temp_data_dir.mkdir(parents=True, exist_ok=True)
     marks = {f"quota|{k.group}|gemini-2.5-flash": math.inf for k in config.gemini_keys}
     (config.temp_data_dir / "keys-gemini.json").write_text(json.dumps({"marks": marks}))
     entries = admin_keys("", "gemini", app.test_client().get)
-    assert {e["state"] for e in entries} == {"cooling"}
+    assert {e["state"] for e in entries} == {"ok"}, "a rest no rest can be is corrupt: dropped"
     response = app.test_client().post("/api/chat", json={"user_content": "hi",
                                                           "model": "gemini-2.5-flash"})
-    assert response.status_code == 429
-    assert 1 <= int(response.headers["Retry-After"]) <= MAX_MARK_AHEAD
+    assert response.status_code == 200
 
 
 def zju_429(headers: dict, message: str = "Rate limit reached") -> Reply:

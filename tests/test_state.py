@@ -408,3 +408,20 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_request(hung_redis_server, g
     for _ in range(3):
         assert ask(hung_redis_server, chat_id=CHAT).status_code == 200
     assert time.monotonic() - started < 2, "Redis is not retried on every request"
+
+
+@pytest.mark.parametrize("kind", ["files", "redis"])
+def test_a_corrupt_rest_is_dropped_and_replaced(tmp_path, request, kind):
+    """A rest further ahead than any can last (from a state file older than the clamps) holds
+    no key back, and the next real rest replaces it."""
+    if kind == "redis":
+        redis_server = request.getfixturevalue("redis_server")
+        redis_server.client.flushall()
+        store = RedisStateStore(redis_server.url)
+    else:
+        store = FileStateStore(tmp_path)
+    store.note_attempt("gemini", "k", {"quota|g|m": 1e308}, None)
+    assert store.peek("gemini") == {}
+    soon = time.time() + 30
+    store.note_attempt("gemini", "k", {"quota|g|m": soon}, None)
+    assert store.peek("gemini") == {"quota|g|m": pytest.approx(soon)}
