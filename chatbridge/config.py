@@ -67,6 +67,8 @@ class Config:
     chat_max_turns: int = 50
     chat_ttl_hours: float = 72.0
     upload_ttl_minutes: float = 60.0
+    # Gemini REST methods passed through under /v1beta (besides the model list and a model)
+    gemini_native_methods: tuple = ("generateContent", "streamGenerateContent", "countTokens")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -165,6 +167,15 @@ class Settings:
             return default
         return value
 
+    def methods(self, name: str, default: tuple) -> tuple:
+        """A list of API method names (letters only), e.g. generateContent."""
+        methods = self.items(name) or default
+        if not all(method.isalpha() for method in methods):
+            self.problems.append(f"{name} must list method names such as generateContent, "
+                                 "separated by commas")
+            return default
+        return methods
+
     def redis_url(self, name: str) -> str:
         value = self.text(name)
         if value and not re.match(r"(rediss?|unix)://", value):
@@ -204,6 +215,8 @@ def load_config(environ=None) -> Config:
         chat_max_turns=settings.number("CHAT_MAX_TURNS", 50, 2, int),
         chat_ttl_hours=settings.number("CHAT_TTL_HOURS", 72.0, 0.001),
         upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
+        gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
+                                               Config.gemini_native_methods),
     )
     if settings.problems:
         raise ConfigError("invalid settings: " + "; ".join(settings.problems))

@@ -87,3 +87,39 @@ def test_cookies_an_upstream_sets_are_never_sent_back(server, openai):
     for _ in range(4):
         assert ask(server, model="deepseek-v3-671b").status_code == 200
     assert all("cookie" not in {k.lower() for k in r.headers} for r in openai.requests)
+
+
+@pytest.mark.parametrize("path", [
+    "/v1beta/models/veo-3.0-generate-preview:predictLongRunning",
+    "/v1beta/models/imagen-4.0-generate-001:predict",
+    "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+    "/v1beta/models/gemini-embedding-001:embedContent",
+    "/v1/models/gemini-2.5-flash:batchGenerateContent",
+])
+def test_the_gemini_pass_through_spends_no_key_on_methods_it_does_not_offer(client, gemini, path):
+    response = client.post(path, json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert response.status_code == 404
+    assert response.json["error"]["status"] == "NOT_FOUND"
+    assert "GEMINI_NATIVE_METHODS" in response.json["error"]["message"]
+    assert gemini.requests == []
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1beta/models/../gemini-2.5-flash:generateContent"),
+    ("POST", "/v1beta/models/./gemini-2.5-flash:generateContent"),
+    ("GET", "/v1beta/models/tuned//x"),
+    ("GET", "/v1beta/models/gemini-2.5-flash:generateContent"),
+])
+def test_odd_gemini_paths_are_refused(client, gemini, method, path):
+    response = client.open(path, method=method, json={})
+    assert response.status_code == 404 and response.json["error"]["status"] == "NOT_FOUND"
+    assert gemini.requests == []
+
+
+def test_the_pass_through_methods_are_a_setting(make_app, gemini):
+    client = make_app(GEMINI_NATIVE_METHODS="countTokens").test_client()
+    url = "/v1beta/models/gemini-2.5-flash"
+    body = {"contents": [{"parts": [{"text": "hello world"}]}]}
+    assert client.post(url + ":countTokens", json=body).status_code == 200
+    assert client.post(url + ":generateContent", json=body).status_code == 404
+    assert [r.path for r in gemini.requests] == ["/v1beta/models/gemini-2.5-flash:countTokens"]

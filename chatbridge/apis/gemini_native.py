@@ -4,6 +4,11 @@ alt=sse, else one JSON array), countTokens, a model, the model list. Bodies and 
 unchanged, thought signatures included; the client's own key (`key=` or x-goog-api-key) is
 its ChatBridge access token and never goes upstream.
 
+Only the methods in GEMINI_NATIVE_METHODS (generateContent, streamGenerateContent, countTokens
+by default), the model list and a model pass, so no pool key is spent on methods ChatBridge
+does not offer (predict, predictLongRunning, batchGenerateContent, embedContent …); paths
+with empty, `.` or `..` segments are refused.
+
 Errors have Google's shape {"error": {"code", "message", "status"}}; an error the upstream
 answered with (the request's own fault) passes through as Gemini wrote it, keys masked.
 """
@@ -15,7 +20,7 @@ from flask import Blueprint, Response, request
 from ..auth import require_access_token
 from ..chat import ChatRequest, Delta
 from ..config import Config
-from ..errors import ChatBridgeError, ModelNotFound, UpstreamError
+from ..errors import ChatBridgeError, ModelNotFound, NotFound, UpstreamError
 from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter, sse
@@ -62,9 +67,13 @@ def parse_call(target: str, method: str, query: dict, body: bytes, config: Confi
     """A Gemini REST call (models/{model}:{action}, a model, or the list) for the key pool;
     the client's own key (a key= query parameter) is never passed on."""
     model, _, action = target.partition(":")
+    segments = model.split("/") if model else []
     if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
-            method == "POST" and not action):
+            method == "POST") != bool(action) or any(s in ("", ".", "..") for s in segments):
         raise no_endpoint()
+    if action and action not in config.gemini_native_methods:
+        raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
+                       + ", ".join(config.gemini_native_methods))
     if not config.gemini_keys:
         raise ModelNotFound("Gemini models are served with ALL_GEMINI_API_KEYS, which is not set")
     call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)
