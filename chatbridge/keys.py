@@ -92,6 +92,7 @@ class KeyPlan:
     keys: list
     retry_at: float | None = None  # epoch seconds
     all_invalid: bool = False
+    counted: ApiKey | None = None  # the first key, whose attempt take_turn already counted
 
 
 class KeyPool:
@@ -106,11 +107,25 @@ class KeyPool:
         self.wait_seconds = wait_seconds
 
     def plan(self, model: str, turn: int | None = None) -> KeyPlan:
-        """Order the usable keys from this request's turn (taking a new turn unless given one)."""
+        """Order the usable keys from this request's turn (taking a new turn unless given one,
+        and then counting the attempt with the first usable key in the same step)."""
+        first = []
+
+        def first_attempt(taken: int, marks: dict) -> str | None:
+            first[:] = self.usable(taken, marks, model)[0][:1]
+            return first[0].id if first else None
+
         if turn is None:
-            turn, marks = self.store.take_turn(self.provider.name)
+            turn, marks = self.store.take_turn(self.provider.name, first_attempt)
         else:
             marks = self.store.peek(self.provider.name)
+        usable, quota_returns = self.usable(turn, marks, model)
+        counted = first[0] if first and usable and usable[0] is first[0] else None
+        return KeyPlan(turn, usable, min(quota_returns, default=None),
+                       not usable and not quota_returns, counted)
+
+    def usable(self, turn: int, marks: dict, model: str) -> tuple:
+        """(the keys that may be tried, in order from turn; when the resting ones come back)."""
         now = time.time()
         ordered = [self.keys[(turn + i) % len(self.keys)] for i in range(len(self.keys))]
         usable, quota_returns = [], []
@@ -121,8 +136,7 @@ class KeyPool:
                 quota_returns.append(quota)
             if not invalid and quota <= now:
                 usable.append(key)
-        return KeyPlan(turn, usable, min(quota_returns, default=None),
-                       not usable and not quota_returns)
+        return usable, quota_returns
 
     def reserve(self, model: str) -> KeyPlan:
         """The keys a request may try; waits briefly for a cooling key, else NoKeyAvailable."""
@@ -157,7 +171,8 @@ class KeyPool:
         if failure is not None and not failure.blames_key:
             failure = None  # the request's own fault does not count against the key
         error = f"{failure.kind}: {self.redactor.public_text(failure.message)}" if failure else None
-        self.store.note_attempt(self.provider.name, key.id, marks, error, new_attempt)
+        if marks or error or new_attempt:  # else there is nothing to write
+            self.store.note_attempt(self.provider.name, key.id, marks, error, new_attempt)
 
     def failover(self, plan: KeyPlan, model: str, attempt: Callable, cancel,
                  record: RequestLog) -> Any:
@@ -172,12 +187,13 @@ class KeyPool:
                 continue  # keys of one Google project share its quota
             record.attempts += 1
             record.key = key.suffix
+            counted = key is plan.counted  # take_turn has counted this attempt already
             try:
                 answer = attempt(key)
             except UpstreamError as failure:
                 cancel.check()  # the client left and its upstream was closed: not the key's fault
                 failure.message = self.redactor.public_text(failure.message)
-                self.note_attempt(key, model, failure)
+                self.note_attempt(key, model, failure, new_attempt=not counted)
                 log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
@@ -186,7 +202,8 @@ class KeyPool:
                     exhausted_groups.add(key.group)
                 failures.append(failure)
                 continue
-            self.note_attempt(key, model)
+            if not counted:
+                self.note_attempt(key, model)
             return answer
         cancel.check()
         raise self.give_up(model, plan, failures)

@@ -45,8 +45,12 @@ class StateStore:
     memory as the Redis fallback); RedisStateStore uses Redis' own atomic commands.
     """
 
-    def take_turn(self, provider: str) -> tuple:
-        """Advance the provider's counter; return its previous value and the live marks."""
+    def take_turn(self, provider: str, first_attempt: Callable | None = None) -> tuple:
+        """Advance the provider's counter; return its previous value and the live marks.
+
+        first_attempt(turn, marks) names the key id the request will try first (or None); that
+        attempt is counted in the same step, so an answer from the first key costs one write.
+        """
         raise NotImplementedError
 
     def peek(self, provider: str) -> dict:
@@ -133,11 +137,15 @@ class DocumentStore(StateStore):
     def delete(self, name: str) -> bool:
         raise NotImplementedError
 
-    def take_turn(self, provider):
+    def take_turn(self, provider, first_attempt=None):
         def turn(doc):
             keys_document(doc)
             doc["counter"] = (doc["counter"] + 1) % (2 ** 31)
-            return (doc["counter"] - 1) % (2 ** 31), dict(doc["marks"])
+            taken, marks = (doc["counter"] - 1) % (2 ** 31), dict(doc["marks"])
+            key_id = first_attempt(taken, marks) if first_attempt else None
+            if key_id:
+                doc["stats"][key_id] = count_attempt(doc["stats"].get(key_id, {}), None, True)
+            return taken, marks
         return self.update(f"keys-{provider}", turn)
 
     def peek(self, provider):
@@ -362,12 +370,19 @@ class RedisStateStore(StateStore):
         self.retry_at = 0.0
 
     @redis_or_memory
-    def take_turn(self, provider):
+    def take_turn(self, provider, first_attempt=None):
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(f"chatbridge:counter:{provider}")
         pipe.hgetall(f"chatbridge:marks:{provider}")
         counter, marks = pipe.execute()
-        return (counter - 1) % (2 ** 31), self.live(marks)
+        taken, marks = (counter - 1) % (2 ** 31), self.live(marks)
+        key_id = first_attempt(taken, marks) if first_attempt else None
+        if key_id:
+            stats = f"chatbridge:stats:{provider}"
+            pipe.hincrby(stats, f"{key_id}:requests", 1)
+            pipe.hset(stats, f"{key_id}:last_used", repr(time.time()))
+            pipe.execute()
+        return taken, marks
 
     @redis_or_memory
     def peek(self, provider):

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlsplit
 
+import gevent
 import requests
 import urllib3
 
@@ -21,6 +23,7 @@ from .errors import UpstreamError, failure_from_exception
 from .failures import classify_failure
 
 READ_SIZE = 64 * 1024
+DRAIN_SECONDS = 1.0
 ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -32,6 +35,10 @@ class Transport:
         self.session = requests.Session()
         # No cookie an upstream sets goes back to it, nor to any other upstream.
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        # The environment's proxies are looked up once per upstream host, not on every request,
+        # and no ~/.netrc entry may replace the key's Authorization header.
+        self.session.trust_env = False
+        self.proxies = {}
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -43,7 +50,8 @@ class Transport:
             headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
         try:
             response = self.session.request(method, url, headers=headers, stream=stream, **body,
-                                            timeout=self.timeout, allow_redirects=False)
+                                            timeout=self.timeout, allow_redirects=False,
+                                            proxies=self.proxies_for(url))
         except requests.RequestException as exc:
             raise failure_from_exception(exc) from None
         if response.is_redirect:  # following it would hand the key and prompt to another host
@@ -51,6 +59,15 @@ class Transport:
             raise UpstreamError("server", f"the upstream answered with a redirect (HTTP "
                                           f"{response.status_code}), which is not followed")
         return response
+
+
+    def proxies_for(self, url: str) -> dict:
+        """The proxies HTTP(S)_PROXY and NO_PROXY give for an upstream's host, looked up once."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in self.proxies:
+            self.proxies[origin] = requests.utils.get_environ_proxies(origin)
+        return self.proxies[origin]
 
 
 def iter_body(response: requests.Response) -> Iterator:
@@ -83,6 +100,21 @@ def iter_limited(response: requests.Response, limit: int) -> Iterator:
         yield chunk
         if size >= limit:
             return
+
+
+def release_upstream(response: requests.Response) -> None:
+    """Put a finished stream's connection back in the pool once the rest of its body (the last
+    empty chunk after OpenAI's [DONE], say) has come, within DRAIN_SECONDS; else close it. Runs
+    in its own greenlet: a new TCP connection per request would cost more than this."""
+    drained = False
+    with suppress(Exception), gevent.Timeout(DRAIN_SECONDS, False):
+        while response.raw.read1(READ_SIZE):
+            pass
+        drained = True
+    if drained:
+        response.raw.release_conn()
+    else:
+        close_upstream(response)
 
 
 def close_upstream(response: requests.Response) -> None:

@@ -124,7 +124,7 @@ class HttpProvider(Provider):
             else:
                 events = iter_sse_data(iter_body(response))
             rest = iter_deltas(events, self.deltas)
-            return Answer(read_until_content(rest, chat.empty_answers), rest, response)
+            return Answer(read_until_content(rest, chat.empty_answers), rest, response, cancel)
 
     def fetch_answer(self, chat, key, cancel):
         response = self.post(chat, key, stream=False)

@@ -134,12 +134,12 @@ class GeminiProvider(HttpProvider):
         with opened_stream(self.send_native(call, key, stream=True), cancel) as response:
             if call.query.get("alt") != "sse":  # the JSON-array form, relayed as it comes
                 return Answer([], (Delta("bytes", chunk) for chunk in iter_body(response)),
-                              response)
+                              response, cancel)
             events = iter_sse_data(iter_body(response))
             head = first_native_event(events)
             rest = (Delta("event", p) if kind == "data" else Delta("bytes", p.encode() + b"\n")
                     for kind, p in events)
-            return Answer([head], rest, response)
+            return Answer([head], rest, response, cancel)
 
 
 def first_native_event(events) -> Delta:
