@@ -17,6 +17,7 @@ from .errors import ConfigError
 ECHO_MODEL = "echo"
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where app.py, templates/ and static/ live
 NUMBER_NAMES = {int: "a whole number", float: "a number"}
+MAX_JSON_DEPTH = 500  # below the nesting at which Python's json parser gives up (about 990)
 
 
 def fingerprint(secret: str) -> str:
@@ -69,6 +70,12 @@ class Config:
     upload_ttl_minutes: float = 60.0
     # Gemini REST methods passed through under /v1beta (besides the model list and a model)
     gemini_native_methods: tuple = ("generateContent", "streamGenerateContent", "countTokens")
+    max_turns: int = 2000  # what one request may hold, checked before it is parsed into turns
+    max_parts: int = 500
+    max_tools: int = 128
+    max_text_chars: int = 4_000_000
+    max_json_values: int = 200_000
+    max_json_depth: int = 64
 
     @property
     def max_upload_bytes(self) -> int:
@@ -138,7 +145,9 @@ class Settings:
             value = kind(raw)
         except ValueError:
             value = None
-        if value is None or not minimum <= value <= maximum or not math.isfinite(value):
+        # math.isfinite raises OverflowError for a whole number beyond a float's range
+        if value is None or not minimum <= value <= maximum or (
+                kind is float and not math.isfinite(value)):
             bounds = f"from {minimum:g} to {maximum:g}" if maximum < math.inf else \
                 f"of at least {minimum:g}"
             self.problems.append(f"{name} must be {NUMBER_NAMES[kind]} {bounds}, not {raw!r}")
@@ -217,6 +226,13 @@ def load_config(environ=None) -> Config:
         upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
         gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
                                                Config.gemini_native_methods),
+        max_turns=settings.number("MAX_TURNS", Config.max_turns, 1, int),
+        max_parts=settings.number("MAX_PARTS", Config.max_parts, 1, int),
+        max_tools=settings.number("MAX_TOOLS", Config.max_tools, 1, int),
+        max_text_chars=settings.number("MAX_TEXT_CHARS", Config.max_text_chars, 1, int),
+        max_json_values=settings.number("MAX_JSON_VALUES", Config.max_json_values, 1, int),
+        max_json_depth=settings.number("MAX_JSON_DEPTH", Config.max_json_depth, 8, int,
+                                       MAX_JSON_DEPTH),
     )
     if settings.problems:
         raise ConfigError("invalid settings: " + "; ".join(settings.problems))

@@ -18,6 +18,8 @@ from ..sse import StreamWriter
 
 ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")  # what a catch-all route takes
 ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# a string, an empty array or object, or a comma or an opening bracket: what refuse_many_values counts
+JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{][ \t\r\n]*[\]}]|[,{\[]')
 
 
 def install_error_handler(scope, render: Callable) -> None:
@@ -88,20 +90,64 @@ def unknown_url() -> ClientError:
 
 
 def read_json_body() -> dict:
-    """The request's JSON object body, or a clear 415/400."""
+    """The request's JSON object body, or a clear 415/400; its size and nesting bounded by
+    MAX_JSON_VALUES (counted before parsing) and MAX_JSON_DEPTH."""
     if not request.is_json:
         raise ClientError("Content-Type must be application/json", 415)
+    config = current_service().config
+    refuse_many_values(request.get_data(), config.max_json_values)
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # the json module's own limit on nesting
-        raise ClientError("the body's JSON is nested too deeply") from None
+        raise ClientError(f"the body's JSON is nested more than {config.max_json_depth} "
+                          "levels deep (MAX_JSON_DEPTH)") from None
     if body is None:
         raise ClientError("the body is not valid JSON")
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
+    refuse_deep_nesting(body, config.max_json_depth)
     if ESCAPED_SURROGATE.search(request.get_data()):  # cheap: most bodies have no \uD8xx at all
         refuse_lone_surrogates(body)
     return body
+
+
+def refuse_many_values(data: bytes, limit: int) -> None:
+    """A 413 when a JSON text holds more than limit values (object keys not counted), found
+    before it is parsed, at C speed where bounds settle it and with work that stops at the
+    limit where they do not. The values of a non-empty array or object are one more than the
+    commas between them, so the count is the root, plus each non-empty container, plus each
+    comma outside a string."""
+    most = data.count(b",") + data.count(b"{") + data.count(b"[") + 1  # strings' own add to it
+    if most <= limit:
+        return
+    # Each string is a value or an object key, and each key has a value of its own, so there
+    # are at least half as many values as strings: a quarter of the unescaped quotes.
+    if (data.count(b'"') - data.count(b'\\"')) // 4 > limit:
+        raise too_many_values(limit)
+    count = 1
+    for token in JSON_TOKEN.finditer(data):
+        if token.end() - token.start() == 1:  # a comma or an opening bracket, not a string
+            count += 1
+            if count > limit:
+                raise too_many_values(limit)
+
+
+def too_many_values(limit: int) -> ClientError:
+    return ClientError(f"the body holds more than {limit} JSON values (MAX_JSON_VALUES)", 413)
+
+
+def refuse_deep_nesting(body: dict, limit: int) -> None:
+    """A 400 naming the top-level field that nests objects and arrays more than limit levels
+    deep (the body itself is level 1), walked without recursion."""
+    for name, value in body.items():
+        stack = [(value, 2)] if isinstance(value, (dict, list)) else []
+        while stack:
+            value, depth = stack.pop()
+            if depth > limit:
+                raise ClientError(f"'{name}' is nested more than {limit} levels deep "
+                                  "(MAX_JSON_DEPTH)")
+            children = value.values() if isinstance(value, dict) else value
+            stack += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
 
 
 def refuse_lone_surrogates(body: dict) -> None:

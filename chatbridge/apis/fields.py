@@ -1,7 +1,9 @@
 """Validating the fields of client requests, shared by the client API parsers.
 
 Every check names the field and what it must be, as a 400 (413 for a file over
-MAX_UPLOAD_MB), before any upstream is contacted.
+MAX_UPLOAD_MB or text over MAX_TEXT_CHARS), before any upstream is contacted. Lists a client
+sends are measured against their limit (MAX_TURNS, MAX_PARTS, MAX_TOOLS) before anything is
+built from their items.
 """
 
 import base64
@@ -49,6 +51,24 @@ def positive_field(body: dict, name: str) -> int | None:
 
 def stream_field(body: dict) -> bool:
     return bool(optional(body, "stream", bool, hint="true or false"))
+
+
+def bounded(items: list, where: str, noun: str, limit: int, setting: str) -> list:
+    """items, or a 400 naming the limit when the client sent more than limit of them."""
+    if len(items) > limit:
+        raise ClientError(f"'{where}' has {len(items)} {noun}; at most {limit} ({setting})")
+    return items
+
+
+def check_text(system: str | None, turns: list, config: Config) -> None:
+    """A 413 when a request's text (system, turns, reasoning, tool call arguments) is longer
+    than MAX_TEXT_CHARS."""
+    chars = len(system or "") + sum(
+        len(turn.text) + len(turn.reasoning) + sum(len(call["arguments"]) for call in turn.tool_calls)
+        for turn in turns)
+    if chars > config.max_text_chars:
+        raise ClientError(f"the request has {chars} characters of text; at most "
+                          f"{config.max_text_chars} (MAX_TEXT_CHARS)", 413)
 
 
 def checked_file(mime_type: str, data: str, filename: str, where: str,

@@ -25,7 +25,15 @@ from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter, sse
 from ..upstreams import NativeCall
-from .common import ANY_METHOD, install_error_handler, no_endpoint, note_request, stream_response, unknown_url
+from .common import (
+    ANY_METHOD,
+    install_error_handler,
+    no_endpoint,
+    note_request,
+    refuse_many_values,
+    stream_response,
+    unknown_url,
+)
 from .fields import MODEL_NAME
 
 bp = Blueprint("gemini", __name__)
@@ -74,6 +82,7 @@ def parse_call(target: str, method: str, query: dict, body: bytes, config: Confi
     if action and action not in config.gemini_native_methods:
         raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
                        + ", ".join(config.gemini_native_methods))
+    refuse_many_values(body, config.max_json_values)  # passed on unparsed, but not unbounded
     if not config.gemini_keys:
         raise ModelNotFound("Gemini models are served with ALL_GEMINI_API_KEYS, which is not set")
     call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)

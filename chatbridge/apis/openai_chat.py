@@ -26,7 +26,16 @@ from ..sse import StreamWriter, sse
 from ..upstreams.base import WholeAnswer
 from . import gemini_native
 from .common import ANY_METHOD, install_error_handler, note_request, read_json_body, stream_response, unknown_url
-from .fields import data_url_file, model_field, optional, positive_field, stream_field, temperature_field
+from .fields import (
+    bounded,
+    check_text,
+    data_url_file,
+    model_field,
+    optional,
+    positive_field,
+    stream_field,
+    temperature_field,
+)
 
 bp = Blueprint("openai", __name__)
 models_bp = Blueprint("models", __name__)  # the model paths OpenAI's and Google's APIs share
@@ -125,6 +134,7 @@ def parse_request(body: dict, config: Config, registry) -> ChatRequest:
     if optional(body, "n", int, hint="1") not in (None, 1):
         raise ClientError("'n' must be 1: one answer per request")
     system, turns = parse_messages(body.get("messages"), config)
+    check_text(system, turns, config)
     provider, model = model_field(body, registry)
     registry.check_files(provider, turns)
     options = optional(body, "stream_options", dict, hint="an object") or {}
@@ -141,7 +151,7 @@ def parse_request(body: dict, config: Config, registry) -> ChatRequest:
         response_format=optional(body, "response_format", dict, valid_response_format,
                                  "{type: text, json_object or json_schema, json_schema: "
                                  "{name, schema: an object}}"),
-        tools=parse_tools(body.get("tools")),
+        tools=parse_tools(body.get("tools"), config),
         tool_choice=parse_tool_choice(body.get("tool_choice")),
         include_usage=bool(options.get("include_usage")),
         passthrough={k: v for k, v in body.items() if k not in REBUILT_FIELDS},
@@ -150,11 +160,13 @@ def parse_request(body: dict, config: Config, registry) -> ChatRequest:
 
 
 def parse_messages(raw: Any, config: Config) -> tuple:
-    """System text and turns from OpenAI messages (system, developer, user, assistant, tool)."""
+    """System text and turns from OpenAI messages (system, developer, user, assistant, tool),
+    at most MAX_TURNS."""
     if not isinstance(raw, list) or not raw:
         raise ClientError("'messages' must be a non-empty list")
     system, turns, call_names = [], [], {}
-    for index, message in enumerate(raw):
+    for index, message in enumerate(bounded(raw, "messages", "messages", config.max_turns,
+                                            "MAX_TURNS")):
         where = f"messages[{index}]"
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("system", "developer"):
@@ -174,7 +186,7 @@ def parse_messages(raw: Any, config: Config) -> tuple:
 
 def assistant_turn(message: dict, where: str, config: Config, call_names: dict) -> list:
     """An assistant message as a turn (none if it is empty: upstreams refuse empty turns)."""
-    calls = parse_tool_calls(message.get("tool_calls"), where)
+    calls = parse_tool_calls(message.get("tool_calls"), where, config)
     call_names.update((call["id"], call["name"]) for call in calls)
     text = content_of(message.get("content"), where, config)[0]
     reasoning = message.get("reasoning_content")
@@ -195,13 +207,14 @@ def tool_turn(message: dict, where: str, config: Config, call_names: dict) -> Tu
 
 
 def content_of(content: Any, where: str, config: Config) -> tuple:
-    """(text, files) of message content: a string, null, or text and image_url parts."""
+    """(text, files) of message content: a string, null, or up to MAX_PARTS text and
+    image_url parts."""
     if content is None or isinstance(content, str):
         return content or "", ()
     if not isinstance(content, list):
         raise ClientError(f"'{where}.content' must be a string or a list of parts")
     texts, files = [], []
-    for part in content:
+    for part in bounded(content, f"{where}.content", "parts", config.max_parts, "MAX_PARTS"):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -212,11 +225,14 @@ def content_of(content: Any, where: str, config: Config) -> tuple:
     return "\n".join(texts), tuple(files)
 
 
-def parse_tool_calls(raw: Any, where: str) -> tuple:
-    """An assistant message's tool_calls as {"id", "name", "arguments", "signature"}."""
+def parse_tool_calls(raw: Any, where: str, config: Config) -> tuple:
+    """An assistant message's tool_calls (at most MAX_PARTS) as {"id", "name", "arguments",
+    "signature"}."""
     if raw is None:
         return ()
     calls = []
+    if isinstance(raw, list):
+        bounded(raw, f"{where}.tool_calls", "tool calls", config.max_parts, "MAX_PARTS")
     for call in raw if isinstance(raw, list) else [None]:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(call.get("id"), str) \
@@ -231,10 +247,13 @@ def parse_tool_calls(raw: Any, where: str) -> tuple:
     return tuple(calls)
 
 
-def parse_tools(raw: Any) -> list | None:
-    """Function tools, checked: [{type: function, function: {name, description?, parameters?}}]."""
+def parse_tools(raw: Any, config: Config) -> list | None:
+    """Function tools, checked, at most MAX_TOOLS: [{type: function, function: {name,
+    description?, parameters?}}]."""
     if raw is None:
         return None
+    if isinstance(raw, list):
+        bounded(raw, "tools", "tools", config.max_tools, "MAX_TOOLS")
     valid = isinstance(raw, list) and all(
         isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
         and isinstance(t["function"].get("name"), str)

@@ -36,6 +36,8 @@ from . import ui_stream
 from .common import install_error_handler, note_request, read_json_body, stream_response
 from .fields import (
     CHAT_ID,
+    bounded,
+    check_text,
     checked_file,
     guess_mime,
     model_field,
@@ -148,6 +150,7 @@ def parse_request(body: dict, config: Config, registry, uploads: Callable) -> Ch
     else:
         raise ClientError("the body needs 'message' (streaming chat), 'user_content' "
                           "(OpenAI-style chat) or 'messages' (AI SDK useChat)")
+    check_text(system, turns, config)
     provider, model = model_field(body, registry)
     registry.check_files(provider, turns)
     return ChatRequest(
@@ -171,17 +174,18 @@ def parse_source_turns(body: dict, shape: str, config: Config, uploads: Callable
     if not message.strip() and not files:
         raise ClientError(f"'{field_name}' is empty: send a message or a file")
     system = optional(body, "system_content", str, hint="a string") or None
-    return system, parse_history(body.get("history")) + [Turn("user", message, files, file_ids)]
+    history = parse_history(body.get("history"), config)
+    return system, history + [Turn("user", message, files, file_ids)]
 
 
-def parse_history(raw: Any) -> list:
-    """Earlier turns from [{"role": "user"|"assistant", "content": str}]."""
+def parse_history(raw: Any, config: Config) -> list:
+    """Earlier turns from [{"role": "user"|"assistant", "content": str}], at most MAX_TURNS."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise ClientError("'history' must be a list of {role, content} objects")
     turns = []
-    for index, turn in enumerate(raw):
+    for index, turn in enumerate(bounded(raw, "history", "turns", config.max_turns, "MAX_TURNS")):
         role = turn.get("role") if isinstance(turn, dict) else None
         content = turn.get("content") if isinstance(turn, dict) else None
         role = "assistant" if role == "model" else role

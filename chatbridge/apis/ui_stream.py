@@ -12,20 +12,23 @@ from ..chat import TEXT_KINDS, Delta, Turn
 from ..config import Config
 from ..errors import ClientError
 from ..sse import StreamWriter, sse
-from .fields import data_url_file
+from .fields import bounded, data_url_file
 
 
 def parse_messages(raw: Any, config: Config) -> tuple:
-    """(system text, turns) from UI messages ({id, role, parts}); a 400 naming the message."""
+    """(system text, turns) from UI messages ({id, role, parts}); a 400 naming the message.
+    At most MAX_TURNS messages of at most MAX_PARTS parts."""
     if not isinstance(raw, list) or not raw:
         raise ClientError("'messages' must be a non-empty list of UI messages")
     system, turns = [], []
-    for index, message in enumerate(raw):
+    for index, message in enumerate(bounded(raw, "messages", "messages", config.max_turns,
+                                            "MAX_TURNS")):
         role = message.get("role") if isinstance(message, dict) else None
         parts = message.get("parts") if isinstance(message, dict) else None
         if role not in ("system", "user", "assistant") or not isinstance(parts, list):
             raise ClientError(f"'messages[{index}]' must have a role (system, user or "
                               "assistant) and a list of parts")
+        bounded(parts, f"messages[{index}].parts", "parts", config.max_parts, "MAX_PARTS")
         text = "".join(p["text"] for p in parts
                        if isinstance(p, dict) and p.get("type") == "text"
                        and isinstance(p.get("text"), str))
