@@ -40,13 +40,23 @@ class PersianLevelFormatter(LineFormatter):
 
 
 def setup_logging(language: str) -> None:
-    """Send the service's log lines to stderr, with level names in English ("en") or Persian ("fa")."""
+    """Send the service's log lines to stderr, with level names in English ("en") or Persian
+    ("fa"); every other logger's records that reach the root (werkzeug's, the libraries') go
+    through the same escaping formatter, so none can forge a line either."""
+    log.handlers[:] = [line_handler(language)]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "chatbridge", False)]
+    root.addHandler(line_handler(language))
+
+
+def line_handler(language: str) -> logging.Handler:
     style = PersianLevelFormatter if language == "fa" else LineFormatter
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(style("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    handler.chatbridge = True  # ours, replaced when the app is built again
+    return handler
 
 
 class AccessLogFilter(logging.Filter):
@@ -82,6 +92,7 @@ class RequestLog:
     """
 
     client: str = "-"
+    request_id: str = "-"
     shape: str = "-"
     provider: str = "-"
     model: str = "-"
@@ -99,5 +110,5 @@ class RequestLog:
         ttft = f"{self.first_token - self.started:.3f}s" if self.first_token else "-"
         return (f"{self.client} {method} {path} {status} shape={self.shape} "
                 f"provider={self.provider} model={self.model} key={self.key} "
-                f"attempts={self.attempts} ttft={ttft} "
+                f"attempts={self.attempts} id={self.request_id} ttft={ttft} "
                 f"duration={time.monotonic() - self.started:.3f}s outcome={self.outcome}")

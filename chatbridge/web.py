@@ -9,7 +9,9 @@ scripts and styles only). One log line per request, written when its body has be
 
 import logging
 import os
+import re
 import sys
+import uuid
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
@@ -24,6 +26,7 @@ from .service import Service, current_service
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
                "form-action 'self'")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's own X-Request-ID, if sane
 GREETING = {"fa": "چتبات API آماده است", "en": "The chatbot API is ready"}
 
 page = Blueprint("page", __name__)
@@ -37,7 +40,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.json.ensure_ascii = False
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 1024 * 1024
     app.extensions["chatbridge"] = Service(config)
-    CORS(app, origins=list(config.cors_origins), expose_headers=["Retry-After"])
+    CORS(app, origins=list(config.cors_origins), expose_headers=["Retry-After", "X-Request-ID"])
     app.register_blueprint(page)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
@@ -72,7 +75,9 @@ def key_counts() -> dict:
 
 
 def start_record():
-    g.chat_log = RequestLog(client=request.remote_addr or "-")
+    sent = request.headers.get("X-Request-ID", "")
+    request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    g.chat_log = RequestLog(client=request.remote_addr or "-", request_id=request_id)
     g.owner = ""  # the access token's fingerprint, set by auth.require_access_token
 
 
@@ -88,6 +93,7 @@ def secure_headers(response: Response) -> Response:
 def log_when_done(response: Response) -> Response:
     """Log one line per request once its body has been sent (streams included)."""
     record, method, path = g.chat_log, request.method, request.path
+    response.headers["X-Request-ID"] = record.request_id
     level = logging.DEBUG if path == "/healthz" else logging.INFO
     response.call_on_close(lambda: log.log(level, record.line(method, path,
                                                               response.status_code)))
