@@ -82,6 +82,11 @@ class Config:
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def key_secrets(self) -> list:
+        """Every upstream key."""
+        return [key.secret for key in self.gemini_keys + self.openai_compat_keys]
+
+    @property
     def secrets(self) -> list:
         """Every key and token the service holds, for redaction."""
         tokens = list(self.access_tokens) + ([self.admin_token] if self.admin_token else [])

@@ -214,7 +214,7 @@ class KeyPool:
         message = failure.message if failure.upstream_status is None else \
             f"{self.provider.display_name} answered with an error ({failure.upstream_status}): " \
             f"{failure.message}"
-        body = self.redactor.redact(failure.body.decode("utf-8", "replace")).encode() \
+        body = self.redactor.redact_json(failure.body.decode("utf-8", "replace")).encode() \
             if failure.body else None
         return UpstreamError(failure.kind, message, failure.upstream_status, body=body, status=500)
 

@@ -42,7 +42,7 @@ class Service:
         self.store = open_store(config)
         self.transport = Transport(config.connect_timeout, config.read_timeout)
         self.providers = Registry(config, self.transport)
-        self.redactor = Redactor(config.secrets)
+        self.redactor = Redactor(config.secrets, config.key_secrets)
         self.pools = {p.name: KeyPool(p, self.store, self.redactor, config.key_wait_seconds)
                       for p in self.providers.keyed()}
         self.conversations = Conversations(self.store, config)

@@ -24,14 +24,14 @@ from chatbridge.config import load_config
 from tests.fakes import FakeGemini, FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
-GEMINI_KEYS = ["AIzaFakeGeminiKeyNumber1aaaa", "AIzaFakeGeminiKeyNumber2bbbb",
-               "AIzaFakeGeminiKeyNumber3cccc"]
+GEMINI_KEYS = ["AIzaSyX7q2Lm9vR4tW8zB3nK6pD1fH5jC0aaaa", "AIzaSyP4k8Vd2sN7xQ1mT6gY9wE3rU5bZ2bbbb",
+               "AIzaSyH9c3Jf6oA2uL8yM1iS4eW7tG0nK5cccc"]  # random-looking, as real keys are
 ADMIN_TOKEN = "admin-token-for-tests-0001"
 TOKEN = "access-token-for-tests-0001"  # the one ACCESS_TOKENS of token_server
 TOKEN_SETTINGS = {"ACCESS_TOKENS": TOKEN}
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PNG = base64.b64decode(PNG_B64)  # one pixel
-ZJU_KEYS = ["sk-fakeZjuKeyNumberOne1111", "zjuprivatekey0123456789abcdefTwo2222"]  # one without a known prefix
+ZJU_KEYS = ["sk-q8Zr3Tn6Wv1Ky4Mp7Xb2Hd1111", "zjQ7m2Xp9Lk4Vr8Nt1Bw6Hs3Yc5Fd0Ge2222"]  # one without a known prefix
 CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_URL", "REDIS_URL",
            "ACCESS_TOKENS", "ADMIN_TOKEN", "CHAT_MAX_TURNS", "CHAT_TTL_HOURS", "UPLOAD_TTL_MINUTES",
            "GEMINI_MODEL", "DEFAULT_MODEL", "PORT", "CORS_ORIGINS", "TEMP_DATA_DIR",

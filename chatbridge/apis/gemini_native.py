@@ -57,11 +57,24 @@ def gemini_native(target: str):
     if not chat.stream:
         content, content_type = svc.failover(
             chat, plan, lambda key: gemini.fetch_native(call, key, cancel), cancel, record)
-        return Response(content, content_type=content_type)
+        return Response(masked_errors(content, svc.redactor), content_type=content_type)
     answer = svc.failover(chat, plan, lambda key: gemini.open_native_stream(call, key, cancel),
                           cancel, record)
     writer = GeminiWriter(sse_events=call.query.get("alt") == "sse")
-    return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
+    deltas = (Delta(d.kind, masked_errors(d.value, svc.redactor)) for d in answer.deltas())
+    return stream_response(svc.relay(deltas, writer, record, cancel), writer, cancel)
+
+
+def masked_errors(payload, redactor):
+    """A passed-through body or event with any error in it masked (an upstream's error text
+    may quote the key); everything else passes untouched, at the cost of one search."""
+    if isinstance(payload, bytes):
+        if b'"error"' not in payload:
+            return payload
+        return redactor.redact_json(payload.decode("utf-8", "replace")).encode()
+    if isinstance(payload, str) and '"error"' in payload:
+        return redactor.redact_json(payload)
+    return payload
 
 
 @bp.route("/v1beta/", defaults={"rest": ""}, methods=list(ANY_METHOD), strict_slashes=False)
