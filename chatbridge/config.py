@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from limits import parse_many
+
 from .errors import ConfigError
 
 ECHO_MODEL = "echo"
@@ -76,6 +78,8 @@ class Config:
     max_text_chars: int = 4_000_000
     max_json_values: int = 200_000
     max_json_depth: int = 64
+    rate_limit: str = ""  # Flask-Limiter's syntax, e.g. 30/minute;500/day; empty: no limits
+    trusted_proxies: int = 0  # proxy hops in front whose X-Forwarded-For entry is believed
 
     @property
     def max_upload_bytes(self) -> int:
@@ -190,6 +194,21 @@ class Settings:
             return default
         return methods
 
+    def rate_limit(self, name: str) -> str:
+        """Rate limits in Flask-Limiter's syntax (`30/minute;500/day`), each allowing at
+        least one request; empty when unset."""
+        value = self.text(name)
+        try:
+            valid = not value or all(limit.amount >= 1 for limit in parse_many(value))
+        except ValueError:
+            valid = False
+        if not valid:
+            self.problems.append(f"{name} must be limits such as 30/minute;500/day (at least 1 "
+                                 "request per second, minute, hour, day, month or year, "
+                                 f"separated by ;), not {value!r}")
+            return ""
+        return value
+
     def redis_url(self, name: str) -> str:
         value = self.text(name)
         if value and not re.match(r"(rediss?|unix)://", value):
@@ -238,6 +257,8 @@ def load_config(environ=None) -> Config:
         max_json_values=settings.number("MAX_JSON_VALUES", Config.max_json_values, 1, int),
         max_json_depth=settings.number("MAX_JSON_DEPTH", Config.max_json_depth, 8, int,
                                        MAX_JSON_DEPTH),
+        rate_limit=settings.rate_limit("RATE_LIMIT"),
+        trusted_proxies=settings.number("TRUSTED_PROXIES", 0, 0, int),
     )
     if settings.problems:
         raise ConfigError("invalid settings: " + "; ".join(settings.problems))

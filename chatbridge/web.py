@@ -2,7 +2,8 @@
 
 create_app(config) builds everything (nothing happens at import): it reads the settings
 unless given a Config, sets up logging, opens the state store, registers one blueprint per
-client API (chatbridge/apis/) and says once per server what is configured. Every response
+client API (chatbridge/apis/), limits each client's requests (chatbridge/limits.py) and says
+once per server what is configured. Every response
 gets nosniff and no-referrer; the page also gets a strict Content-Security-Policy (its own
 scripts and styles only). One log line per request, written when its body has been sent.
 """
@@ -17,9 +18,10 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
 from flask_cors import CORS
 
-from .apis import BLUEPRINTS, render_default_error
+from .apis import BLUEPRINTS, admin, render_default_error
 from .apis.common import install_error_handler
 from .config import PROJECT_DIR, Config, load_config
+from .limits import install_rate_limits
 from .logs import RequestLog, log, setup_logging
 from .service import Service, current_service
 
@@ -46,6 +48,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.register_blueprint(blueprint)
     install_error_handler(app, render_default_error)
     app.before_request(start_record)
+    install_rate_limits(app, config, exempt=(page, admin.bp))
     app.after_request(secure_headers)
     app.after_request(log_when_done)
     announce(app.extensions["chatbridge"])
@@ -118,6 +121,9 @@ def announce(service: Service) -> None:
                     "frontend's origins")
     if not config.access_tokens:
         log.warning("ACCESS_TOKENS is not set: /api is open to anyone who can reach it")
+    if config.rate_limit:
+        log.info("rate limit per client: %s, counted %s", config.rate_limit,
+                 "in Redis (REDIS_URL)" if config.redis_url else "by each worker")
     log.info("shared state: %s", "Redis (REDIS_URL)" if config.redis_url else
              f"files in {config.temp_data_dir}")
 

@@ -7,10 +7,12 @@ import re
 from contextlib import suppress
 
 from flask import Response, current_app, g, jsonify, request
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from ..chat import ChatRequest
 from ..errors import ChatBridgeError, ClientError, NotFound
+from ..limits import rate_limited
 from ..logs import RequestLog, log
 from ..relay import Cancel
 from ..service import current_service
@@ -45,10 +47,12 @@ def install_error_handler(scope, render: Callable) -> None:
 
 
 def as_chatbridge_error(error: Exception) -> ChatBridgeError:
-    """Any exception as one of ours: werkzeug's 4xx keep their status, anything else is a
-    logged 500 that says nothing more."""
+    """Any exception as one of ours: werkzeug's 4xx keep their status (RATE_LIMIT's 429 gains
+    its Retry-After), anything else is a logged 500 that says nothing more."""
     if isinstance(error, ChatBridgeError):
         return error
+    if isinstance(error, RateLimitExceeded):
+        return rate_limited(error)
     if isinstance(error, HTTPException):
         return http_error(error)
     log.exception("unhandled error in %s %s", request.method, request.path)
