@@ -11,6 +11,17 @@ the workers.
 import subprocess
 import sys
 
+# Limits set deliberately rather than left to defaults (issue 11, slow clients). The start
+# command's own flags (--workers, --worker-class, --bind, --timeout) still win over these.
+# In production Render's proxy sits in front and absorbs slow clients; ChatBridge itself also
+# gives a request body REQUEST_BODY_SECONDS to arrive (chatbridge/web.py).
+worker_connections = 1000  # open connections per gevent worker
+limit_request_line = 8190  # bytes of a request line
+limit_request_fields = 100  # header fields
+limit_request_field_size = 8190  # bytes of one header field
+keepalive = 5  # seconds an idle keep-alive connection stays open
+graceful_timeout = 30  # seconds streams in flight get to finish on SIGTERM (a redeploy)
+
 CHECK = """
 from chatbridge.config import load_config
 from chatbridge.errors import ConfigError

@@ -72,6 +72,7 @@ class Config:
     upload_ttl_minutes: float = 60.0
     # Gemini REST methods passed through under /v1beta (besides the model list and a model)
     gemini_native_methods: tuple = ("generateContent", "streamGenerateContent", "countTokens")
+    request_body_seconds: float = 30.0  # how long a request body may take to arrive
     max_turns: int = 2000  # what one request may hold, checked before it is parsed into turns
     max_parts: int = 500
     max_tools: int = 128
@@ -250,6 +251,7 @@ def load_config(environ=None) -> Config:
         upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
         gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
                                                Config.gemini_native_methods),
+        request_body_seconds=settings.number("REQUEST_BODY_SECONDS", 30.0, 0.1),
         max_turns=settings.number("MAX_TURNS", Config.max_turns, 1, int),
         max_parts=settings.number("MAX_PARTS", Config.max_parts, 1, int),
         max_tools=settings.number("MAX_TOOLS", Config.max_tools, 1, int),

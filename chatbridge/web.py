@@ -15,12 +15,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import gevent
 from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
+from gevent import monkey
 from flask_cors import CORS
 
 from .apis import BLUEPRINTS, admin, render_default_error
 from .apis.common import install_error_handler
 from .config import PROJECT_DIR, Config, load_config
+from .errors import ClientError
 from .limits import install_rate_limits
 from .logs import RequestLog, log, setup_logging
 from .service import Service, current_service
@@ -48,6 +51,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.register_blueprint(blueprint)
     install_error_handler(app, render_default_error)
     app.before_request(start_record)
+    app.before_request(read_body_in_time)
     install_rate_limits(app, config, exempt=(page, admin.bp))
     app.after_request(secure_headers)
     app.after_request(log_when_done)
@@ -82,6 +86,19 @@ def start_record():
     request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
     g.chat_log = RequestLog(client=request.remote_addr or "-", request_id=request_id)
     g.owner = ""  # the access token's fingerprint, set by auth.require_access_token
+
+
+def read_body_in_time() -> None:
+    """Read a request's body (kept for the view) within REQUEST_BODY_SECONDS, else 408: a
+    client that sends its headers and then a byte now and then must not hold a connection and
+    its greenlet for long. Only under gevent, whose timers can interrupt a read."""
+    if request.method not in ("POST", "PUT", "PATCH") or not monkey.is_module_patched("socket"):
+        return
+    seconds = current_service().config.request_body_seconds
+    too_slow = ClientError(f"the request body did not arrive within {seconds:g} s "
+                           "(REQUEST_BODY_SECONDS)", 408)
+    with gevent.Timeout(seconds, too_slow):
+        request.get_data(cache=True)
 
 
 def secure_headers(response: Response) -> Response:
