@@ -12,12 +12,15 @@ Rules:
 """
 
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import gevent
 import gevent.queue
+import gevent.socket
 import requests
 from gevent import monkey
 
@@ -50,6 +53,28 @@ class Cancel:
         """Raise ClientGone once the client has gone."""
         if self.cancelled:
             raise ClientGone()
+
+    @contextmanager
+    def client_watch(self, environ: dict):
+        """While a view opens the upstream (before any byte goes to the client, so no write can
+        tell): cancel as soon as the client closes its connection. Under gevent workers only."""
+        sock = environ.get("gunicorn.socket")
+        if sock is None or not monkey.is_module_patched("socket"):
+            yield
+            return
+        previous, self.worker = self.worker, gevent.getcurrent()
+        watcher = gevent.spawn(self.cancel_when_closed, sock)
+        try:
+            yield
+        finally:
+            watcher.kill(block=False)
+            self.worker = previous
+
+    def cancel_when_closed(self, sock) -> None:
+        with suppress(Exception):
+            gevent.socket.wait_read(sock.fileno())
+            if sock.recv(1, socket.MSG_PEEK) == b"":  # an end of file: the client left
+                self.cancel()
 
     def cancel(self) -> None:
         self.cancelled = True

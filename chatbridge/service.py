@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import current_app
+from flask import current_app, has_request_context, request
 
 from .chat import ChatRequest
 from .config import ECHO_MODEL, Config
@@ -61,8 +61,10 @@ class Service:
 
     def failover(self, chat: ChatRequest, plan: KeyPlan, attempt: Callable, cancel: Cancel,
                  record: RequestLog) -> Any:
-        """attempt(key) with the planned keys in turn until one gives a usable answer."""
-        return self.pools[chat.provider].failover(plan, chat.model, attempt, cancel, record)
+        """attempt(key) with the planned keys in turn until one gives a usable answer; a client
+        that leaves meanwhile cancels it."""
+        with cancel.client_watch(request.environ if has_request_context() else {}):
+            return self.pools[chat.provider].failover(plan, chat.model, attempt, cancel, record)
 
     def stream_answer(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                       record: RequestLog) -> Answer:

@@ -215,3 +215,24 @@ def test_cors_allows_only_the_listed_origins(keyless_server, origin, allowed):
     assert (response.headers.get("Access-Control-Allow-Origin") == origin) is allowed
     time.sleep(0.2)
     assert "CORS allows every origin" not in keyless_server.log()
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/chat", SHAPE_B),
+    ("/api/chat", {"messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}),
+    ("/v1/chat/completions", {"model": "gemini-2.5-flash", "stream": True,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/chat/completions", {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+     {"contents": [{"parts": [{"text": "hi"}]}]}),
+], ids=["shape-b", "use-chat", "v1-stream", "v1-whole", "v1beta"])
+def test_a_client_leaving_before_the_first_token_closes_the_upstream(server, gemini, path, body):
+    """Issue 11, item 9: before the first byte goes out no write can tell the client left; the
+    service notices the closed connection itself, so the upstream stops generating for nobody."""
+    gemini.script = lambda r: Reply(chunks=[], hang=True, silent=True)  # no headers, no token
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(server.url + path, json=body, timeout=(2, 0.5))
+    left = time.monotonic()
+    assert gemini.wait_for_disconnects(1, 2.0), "the upstream request was closed"
+    assert gemini.disconnects[0] - left < 2.0
+    assert len(gemini.requests) == 1, "no other key was tried for nobody"

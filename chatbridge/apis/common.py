@@ -11,7 +11,7 @@ from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from ..chat import ChatRequest
-from ..errors import ChatBridgeError, ClientError, NotFound
+from ..errors import ChatBridgeError, ClientError, ClientGone, NotFound
 from ..limits import rate_limited
 from ..logs import RequestLog, log
 from ..relay import Cancel
@@ -31,6 +31,9 @@ def install_error_handler(scope, render: Callable) -> None:
     def handle(error: Exception):
         if isinstance(error, HTTPException) and (error.code is None or error.code < 400):
             return error  # redirects and the like are not errors
+        if isinstance(error, ClientGone):  # nobody to answer; the upstream work has stopped
+            g.chat_log.outcome = "client disconnected"
+            return Response(status=499)
         error = as_chatbridge_error(error)
         error.message = error.message.encode("utf-8", "replace").decode("utf-8")  # always text
         g.chat_log.outcome = f"error: {error.message}"
