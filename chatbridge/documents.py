@@ -17,8 +17,8 @@ class StateStore:
     """Everything the workers and instances share: rotation counters, cooldown marks and
     per-key counters, conversations and cached uploads.
 
-    DocumentStore below keeps each item as a JSON document (in files by default, in
-    memory as the Redis fallback); RedisStateStore uses Redis' own atomic commands.
+    DocumentStore below keeps each item as a JSON document (in files by default, in memory
+    while the files or Redis cannot keep it); RedisStateStore uses Redis' own atomic commands.
     """
 
     def take_turn(self, provider: str, first_attempt: Callable | None = None) -> tuple:

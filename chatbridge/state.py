@@ -322,6 +322,7 @@ class RedisStateStore(StateStore):
         self.fallback = MemoryStateStore()
         self.retry_at = 0.0
         self.outage = None  # the error that made Redis unreachable, while it is
+        self.probed = 0.0
 
     def fail(self, exc: redis.RedisError) -> None:
         """Redis cannot be reached: this process's memory for the next REDIS_RETRY_SECONDS."""
@@ -332,7 +333,10 @@ class RedisStateStore(StateStore):
                   self.outage, REDIS_RETRY_SECONDS)
 
     def health(self):
-        if self.outage and time.monotonic() >= self.retry_at:
+        """PINGs Redis when a retry is due, or at most once a second while it answers."""
+        due = self.retry_at if self.outage else self.probed + HEALTH_PROBE_SECONDS
+        if time.monotonic() >= due:
+            self.probed = time.monotonic()
             try:
                 self.redis.ping()
                 self.outage = None
