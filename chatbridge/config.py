@@ -70,6 +70,7 @@ class Config:
     chat_max_turns: int = 50
     chat_ttl_hours: float = 72.0
     upload_ttl_minutes: float = 60.0
+    upload_cache_mb: float = 200.0  # what cached uploads may take in TEMP_DATA_DIR together
     # Gemini REST methods passed through under /v1beta (besides the model list and a model)
     gemini_native_methods: tuple = ("generateContent", "streamGenerateContent", "countTokens")
     request_body_seconds: float = 30.0  # how long a request body may take to arrive
@@ -85,6 +86,10 @@ class Config:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def upload_cache_bytes(self) -> int:
+        return int(self.upload_cache_mb * 1024 * 1024)
 
     @property
     def key_secrets(self) -> list:
@@ -249,6 +254,7 @@ def load_config(environ=None) -> Config:
         chat_max_turns=settings.number("CHAT_MAX_TURNS", 50, 2, int),
         chat_ttl_hours=settings.number("CHAT_TTL_HOURS", 72.0, 0.001),
         upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
+        upload_cache_mb=settings.number("UPLOAD_CACHE_MB", Config.upload_cache_mb, 0.001),
         gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
                                                Config.gemini_native_methods),
         request_body_seconds=settings.number("REQUEST_BODY_SECONDS", 30.0, 0.1),

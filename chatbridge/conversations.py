@@ -9,6 +9,8 @@ Rules:
   adds nothing. Conversations expire CHAT_TTL_HOURS after their last turn.
 - Files of a stored turn are kept as cached uploads (file_ids), so a conversation sends them
   again while they live; uploads expire after UPLOAD_TTL_MINUTES and belong to their token.
+  A file the upload cache cannot take (full, or its disk) is left out of the stored turn, and
+  the log says so: the answer the client already has is not failed for it.
 """
 
 import secrets
@@ -16,7 +18,7 @@ from functools import partial
 
 from .chat import Attachment, ChatRequest, Turn
 from .config import Config
-from .errors import NotFound
+from .errors import InsufficientStorage, NotFound
 from .logs import log
 from .state import StateStore
 
@@ -91,9 +93,8 @@ class Conversations:
         if not chat.chat_id:
             return
         question = chat.turns[-1]
-        file_ids = list(question.file_ids) + [
-            self.cache_upload(file, owner, self.chat_ttl)
-            for file in question.files[len(question.file_ids):]]
+        file_ids = list(question.file_ids) + self.keep_files(
+            chat.chat_id, question.files[len(question.file_ids):], owner)
         user = {"role": "user", "content": question.text, **({"file_ids": file_ids} if file_ids
                                                               else {})}
         turns = [user, {"role": "assistant", "content": answer}]
@@ -101,3 +102,15 @@ class Conversations:
                                       self.chat_ttl):
             log.warning("chat %s changed hands during the answer; its turns were not stored",
                         chat.chat_id)
+
+    def keep_files(self, chat_id: str, files: tuple, owner: str) -> list:
+        """Cache a stored turn's files for the conversation's lifetime; the file_ids of those
+        the upload cache took."""
+        file_ids = []
+        for file in files:
+            try:
+                file_ids.append(self.cache_upload(file, owner, self.chat_ttl))
+            except InsufficientStorage as exc:
+                log.warning("chat %s: a turn is stored without a file it had, which was not "
+                            "cached: %s", chat_id, exc.message)
+        return file_ids

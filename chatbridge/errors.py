@@ -8,6 +8,7 @@
     │                         it), 404 `model_not_found` on the gateways
     ├── NoKeyAvailable        429 + Retry-After while every key rests; 503 when every key was
     │                         rejected as invalid
+    ├── InsufficientStorage   507: the upload cache is full (UPLOAD_CACHE_MB) or its disk is
     └── UpstreamError         an upstream answer that is not a usable answer, with its kind
     ClientGone                the client went away, so the upstream work stopped
     ConfigError               settings the service cannot start with
@@ -74,6 +75,12 @@ class ModelNotFound(ClientError):
 
 class NoKeyAvailable(ChatBridgeError):
     status = 429
+
+
+class InsufficientStorage(ChatBridgeError):
+    """An upload that cannot be cached now; Retry-After when a cached one expires soon."""
+
+    status = 507
 
 
 class UpstreamError(ChatBridgeError):

@@ -5,7 +5,13 @@ uploads (conversations.py) live behind StateStore:
 - FileStateStore, the default: JSON documents in TEMP_DATA_DIR, each changed under one of 64
   striped file locks (never deleted: deleting a lock file breaks the lock) and written to a
   temporary file that then replaces it, so a worker killed mid-write never leaves a document
-  unreadable. An expiring document's mtime is its expiry time.
+  unreadable. An expiring document's mtime is its expiry time. Expired documents and stale
+  temporary files are swept at most every SWEEP_SECONDS, by reads and writes alike (and
+  sooner while writes fail), so a full disk does not keep its expired uploads. While
+  documents cannot be written (ENOSPC, EDQUOT, EROFS, EACCES...), it works like a Redis
+  outage: this process's MemoryStateStore, seeded from the files, for WRITE_RETRY_SECONDS at a
+  time, said once per outage. Uploads are never kept in memory: they are cached on disk
+  within UPLOAD_CACHE_MB, or refused with InsufficientStorage (507).
 - RedisStateStore (REDIS_URL): Redis' atomic commands (INCR, hashes, Lua scripts), shared by
   every instance. While Redis cannot be reached, it falls back to MemoryStateStore for
   REDIS_RETRY_SECONDS (a circuit breaker), and says so in the log.
@@ -13,192 +19,41 @@ uploads (conversations.py) live behind StateStore:
 A lock is held only to read, change and replace a document, never across network I/O.
 """
 
+import errno
 import json
 import math
 import os
-import threading
 import time
 import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from functools import wraps
 from pathlib import Path
-from typing import Any
 
 import redis
 from filelock import FileLock
 
 from .config import Config
+from .documents import DocumentStore, MemoryStateStore, StateStore, live_mark
+from .errors import InsufficientStorage
 from .logs import log
+
+__all__ = ["FileStateStore", "MemoryStateStore", "RedisStateStore", "StateStore", "open_store"]
 
 
 def open_store(config: Config) -> "StateStore":
     """The store the settings ask for: Redis with REDIS_URL, else files in TEMP_DATA_DIR."""
-    return RedisStateStore(config.redis_url) if config.redis_url else FileStateStore(config.temp_data_dir)
-
-
-class StateStore:
-    """Everything the workers and instances share: rotation counters, cooldown marks and
-    per-key counters, conversations and cached uploads.
-
-    DocumentStore below keeps each item as a JSON document (in files by default, in
-    memory as the Redis fallback); RedisStateStore uses Redis' own atomic commands.
-    """
-
-    def take_turn(self, provider: str, first_attempt: Callable | None = None) -> tuple:
-        """Advance the provider's counter; return its previous value and the live marks.
-
-        first_attempt(turn, marks) names the key id the request will try first (or None); that
-        attempt is counted in the same step, so an answer from the first key costs one write.
-        """
-        raise NotImplementedError
-
-    def peek(self, provider: str) -> dict:
-        """The live marks (name -> epoch seconds until which they hold), taking no turn."""
-        raise NotImplementedError
-
-    def note_attempt(self, provider: str, key_id: str, marks: dict, error: str | None,
-                     new_attempt: bool = True) -> None:
-        """Count an attempt with a key (a failure when error is given; new_attempt=False for a
-        failure later in an attempt already counted) and add cooldown marks."""
-        raise NotImplementedError
-
-    def key_stats(self, provider: str) -> dict:
-        """Per key id: {requests, failures, last_error, last_used}."""
-        raise NotImplementedError
-
-    def claim(self, name: str) -> bool:
-        """True for the first caller to claim a name (for a day), so workers do a thing once."""
-        raise NotImplementedError
-
-    def open_chat(self, chat_id: str, owner: str, ttl: float) -> list | None:
-        """A conversation's turns, claiming it for owner if it is new; None if another owns it."""
-        raise NotImplementedError
-
-    def load_chat(self, chat_id: str) -> dict | None:
-        """A live conversation {"owner": str, "turns": [turn dicts]}, or None."""
-        raise NotImplementedError
-
-    def append_chat(self, chat_id: str, owner: str, turns: list, max_turns: int,
-                    ttl: float) -> bool:
-        """Append turns in one atomic step, keeping the last max_turns; False if not owner's."""
-        raise NotImplementedError
-
-    def delete_chat(self, chat_id: str) -> bool:
-        raise NotImplementedError
-
-    def save_upload(self, file_id: str, record: dict, ttl: float) -> None:
-        raise NotImplementedError
-
-    def load_upload(self, file_id: str) -> dict | None:
-        raise NotImplementedError
-
-
-MARK_HORIZON = 25 * 3600.0  # seconds: no rest lasts longer (a day, or a 25-hour day)
-
-
-def live_mark(until, now: float) -> bool:
-    """Whether a stored rest still holds; one further ahead than any rest can last (a state
-    file from before rests were clamped, say) is corrupt, and dropped so a new one replaces it."""
-    return isinstance(until, (int, float)) and now < until <= now + MARK_HORIZON
-
-
-def keys_document(doc: dict) -> dict:
-    """A provider's key state with every part present and expired or corrupt marks dropped."""
-    now = time.time()
-    doc["counter"] = doc.get("counter") if isinstance(doc.get("counter"), int) else 0
-    marks = doc.get("marks") if isinstance(doc.get("marks"), dict) else {}
-    doc["marks"] = {k: v for k, v in marks.items() if live_mark(v, now)}
-    doc["stats"] = doc.get("stats") if isinstance(doc.get("stats"), dict) else {}
-    return doc
-
-
-def count_attempt(stats: dict, error: str | None, new_attempt: bool) -> dict:
-    """Per-key counters after an attempt, or a failure later in one."""
-    stats = {"requests": 0, "failures": 0, "last_error": None, "last_used": None, **stats}
-    stats["requests"] += int(new_attempt)
-    stats["last_used"] = time.time()
-    if error is not None:
-        stats["failures"] += 1
-        stats["last_error"] = error
-    return stats
-
-
-class DocumentStore(StateStore):
-    """The state as named JSON documents, each changed by one atomic read-modify-write."""
-
-    def update(self, name: str, change: Callable, ttl: float | None = None) -> Any:
-        """Apply change(doc) to a document atomically and return what it returns."""
-        raise NotImplementedError
-
-    def read(self, name: str) -> dict | None:
-        raise NotImplementedError
-
-    def delete(self, name: str) -> bool:
-        raise NotImplementedError
-
-    def take_turn(self, provider, first_attempt=None):
-        def turn(doc):
-            keys_document(doc)
-            doc["counter"] = (doc["counter"] + 1) % (2 ** 31)
-            taken, marks = (doc["counter"] - 1) % (2 ** 31), dict(doc["marks"])
-            key_id = first_attempt(taken, marks) if first_attempt else None
-            if key_id:
-                doc["stats"][key_id] = count_attempt(doc["stats"].get(key_id, {}), None, True)
-            return taken, marks
-        return self.update(f"keys-{provider}", turn)
-
-    def peek(self, provider):
-        return keys_document(self.read(f"keys-{provider}") or {})["marks"]
-
-    def note_attempt(self, provider, key_id, marks, error, new_attempt=True):
-        def note(doc):
-            keys_document(doc)
-            for name, until in marks.items():
-                doc["marks"][name] = max(until, doc["marks"].get(name, 0))
-            doc["stats"][key_id] = count_attempt(doc["stats"].get(key_id, {}), error, new_attempt)
-        self.update(f"keys-{provider}", note)
-
-    def key_stats(self, provider):
-        return keys_document(self.read(f"keys-{provider}") or {})["stats"]
-
-    def claim(self, name):
-        def take(doc):
-            taken = bool(doc)
-            doc["claimed"] = True
-            return not taken
-        return self.update(f"claim-{name}", take, ttl=86400)
-
-    def open_chat(self, chat_id, owner, ttl):
-        def claim_chat(doc):
-            doc.setdefault("turns", [])
-            return doc["turns"] if doc.setdefault("owner", owner) == owner else None
-        return self.update(f"chat-{chat_id}", claim_chat, ttl)
-
-    def load_chat(self, chat_id):
-        return self.read(f"chat-{chat_id}")
-
-    def append_chat(self, chat_id, owner, turns, max_turns, ttl):
-        def append(doc):
-            if doc.setdefault("owner", owner) != owner:
-                return False
-            doc["turns"] = (doc.get("turns", []) + turns)[-max_turns:]
-            return True
-        return self.update(f"chat-{chat_id}", append, ttl)
-
-    def delete_chat(self, chat_id):
-        return self.delete(f"chat-{chat_id}")
-
-    def save_upload(self, file_id, record, ttl):
-        self.update(f"upload-{file_id}", lambda doc: doc.update(record), ttl)
-
-    def load_upload(self, file_id):
-        return self.read(f"upload-{file_id}")
+    if config.redis_url:
+        return RedisStateStore(config.redis_url)
+    return FileStateStore(config.temp_data_dir, config.upload_cache_bytes)
 
 
 EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-")
 LOCK_STRIPES = 64  # lock files are never deleted (that breaks a lock), so their number is fixed
 SWEEP_SECONDS = 60.0
+WRITE_RETRY_SECONDS = 5.0  # a failed write costs little, so a freed disk is noticed soon
+HEALTH_PROBE_SECONDS = 1.0
+UPLOAD_CACHE_BYTES = Config().upload_cache_bytes  # UPLOAD_CACHE_MB's default
 
 
 class FileStateStore(DocumentStore):
@@ -208,14 +63,25 @@ class FileStateStore(DocumentStore):
     worker killed mid-write never leaves it unreadable. A lock is held only to
     read, change and replace, never across network I/O. An expiring document's
     mtime is its expiry time; expired ones are swept away now and then.
+
+    While writes fail, documents change in this process's memory instead (seeded
+    from the files, which stay readable), the files are tried again every
+    WRITE_RETRY_SECONDS, and the memory is dropped once a write succeeds.
     """
 
-    def __init__(self, directory: Path):
+    unhealthy_status = 503  # this instance's own disk: on Render a restart gives it a new one
+
+    def __init__(self, directory: Path, upload_cache_bytes: int = UPLOAD_CACHE_BYTES):
         self.directory = Path(directory)
         (self.directory / "locks").mkdir(parents=True, exist_ok=True)
         self.locks = [FileLock(self.directory / "locks" / f"{n:02d}.lock", poll_interval=0.001)
                       for n in range(LOCK_STRIPES)]
+        self.upload_cache_bytes = upload_cache_bytes
         self.swept = 0.0
+        self.fallback = MemoryStateStore(backing=self.read_file)
+        self.outage = None  # why writes fail ("ENOSPC"), while they do
+        self.retry_at = 0.0
+        self.probed = 0.0
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
@@ -224,21 +90,48 @@ class FileStateStore(DocumentStore):
         return self.locks[zlib.crc32(name.encode()) % LOCK_STRIPES]
 
     def update(self, name, change, ttl=None):
+        self.sweep_now_and_then()
+        if self.outage and time.monotonic() < self.retry_at:
+            return self.fallback.update(name, change, ttl)
+        changed = False
+        try:
+            with self.lock(name):
+                doc = self.current(name) or {}
+                result, changed = change(doc), True
+                self.write(name, json.dumps(doc, ensure_ascii=False).encode(), ttl)
+        except OSError as exc:
+            self.fail(exc)
+            if not changed:
+                return self.fallback.update(name, change, ttl)
+            self.fallback.put(name, doc, ttl)
+            return result
+        self.recover()
+        return result
+
+    def write(self, name: str, content: bytes, ttl: float | None) -> None:
+        """Replace a document with content through a temporary file, removed if it fails."""
         path = self.path(name)
-        with self.lock(name):
-            doc = self.read(name) or {}
-            result = change(doc)
-            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(doc, ensure_ascii=False))
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_bytes(content)
             if ttl is not None:
                 os.utime(temporary, (time.time(), time.time() + ttl))
             os.replace(temporary, path)
-        if ttl is not None and time.monotonic() - self.swept > SWEEP_SECONDS:
-            self.sweep()
-        return result
+        except OSError:
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)  # a partial file would hold on to the space
+            raise
 
     def read(self, name):
         """A live document; a missing, expired or corrupt one reads as None."""
+        self.sweep_now_and_then()
+        return self.current(name)
+
+    def current(self, name: str) -> dict | None:
+        """While writes fail, this process's newer copy in memory; otherwise the file."""
+        return self.fallback.read(name) if self.outage else self.read_file(name)
+
+    def read_file(self, name: str) -> dict | None:
         path = self.path(name)
         try:
             if name.startswith(EXPIRING_DOCUMENTS) and path.stat().st_mtime < time.time():
@@ -254,14 +147,98 @@ class FileStateStore(DocumentStore):
         return None
 
     def delete(self, name):
-        with self.lock(name):
-            existed = self.read(name) is not None
-            self.path(name).unlink(missing_ok=True)
+        try:
+            with self.lock(name):
+                existed = self.current(name) is not None
+                self.path(name).unlink(missing_ok=True)
+        except OSError as exc:
+            self.fail(exc)
+            existed = self.current(name) is not None
+        if self.outage:
+            self.fallback.delete(name)
         return existed
+
+    def save_upload(self, file_id, record, ttl):
+        """Cache an upload on disk within the upload cache's size; never in memory, where a
+        file_id would work on one worker only."""
+        self.sweep_now_and_then()
+        content = json.dumps(record, ensure_ascii=False).encode()
+        with self.lock("upload-cache"):
+            if self.cached_uploads()[0] + len(content) > self.upload_cache_bytes:
+                self.sweep()
+                used, soonest = self.cached_uploads()
+                if used + len(content) > self.upload_cache_bytes:
+                    raise InsufficientStorage(
+                        f"the upload cache is full (UPLOAD_CACHE_MB = "
+                        f"{self.upload_cache_bytes / 1024 / 1024:g}): try again later, or send "
+                        "the file inline as file_data", retry_after=soonest)
+            try:
+                self.write(f"upload-{file_id}", content, ttl)
+            except OSError as exc:
+                self.fail(exc)
+                raise InsufficientStorage(f"uploads cannot be stored now ({self.outage}): send "
+                                          "the file inline as file_data") from None
+        self.recover()
+
+    def cached_uploads(self) -> tuple:
+        """(bytes the cached uploads take, seconds until the first of them expires or None)."""
+        used, expiries, now = 0, [], time.time()
+        for path in self.directory.glob("upload-*.json"):
+            with suppress(OSError):
+                status = path.stat()
+                used += status.st_size
+                expiries.append(status.st_mtime - now)
+        return used, min((e for e in expiries if e > 0), default=None)
+
+    def fail(self, exc: OSError) -> None:
+        """Writes fail: keep state in memory for WRITE_RETRY_SECONDS, saying why once per
+        outage (the error's name, never a document), and sweep, which may free the space."""
+        self.retry_at = time.monotonic() + WRITE_RETRY_SECONDS
+        if self.outage is None:
+            self.outage = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            log.error("cannot write the state in %s (%s): rotation, cooldowns and conversations "
+                      "are per process, and uploads are refused, until it can (tried again "
+                      "every %g s)", self.directory, self.outage, WRITE_RETRY_SECONDS)
+        self.sweep_now_and_then(WRITE_RETRY_SECONDS)
+
+    def recover(self) -> None:
+        """A write succeeded: the files hold the state again; this process's copies go."""
+        if self.outage is not None:
+            log.warning("the state in %s can be written again (it could not: %s); what was "
+                        "kept in memory meanwhile is dropped", self.directory, self.outage)
+            self.outage = None
+            self.fallback = MemoryStateStore(backing=self.read_file)
+
+    def health(self):
+        """Tries a write, when writes fail and one is due, or at most once a second while they
+        work (a disk fills up without a word)."""
+        due = self.retry_at if self.outage else self.probed + HEALTH_PROBE_SECONDS
+        if time.monotonic() >= due:
+            self.probe()
+        return f"cannot write: {self.outage}" if self.outage else None
+
+    def probe(self) -> None:
+        """Try writing a small temporary file, as a document would be written."""
+        self.probed = time.monotonic()
+        probe = self.directory / f"health.{os.getpid()}.tmp"
+        try:
+            probe.write_bytes(b'{"probe": true}')
+            probe.unlink()
+        except OSError as exc:
+            with suppress(OSError):
+                probe.unlink(missing_ok=True)
+            self.fail(exc)
+            return
+        self.recover()
+
+    def sweep_now_and_then(self, interval: float = SWEEP_SECONDS) -> None:
+        if time.monotonic() - self.swept > interval:
+            self.sweep()
 
     def sweep(self) -> None:
         """Remove expired documents, and temporary files a killed worker left behind."""
         self.swept = time.monotonic()
+        self.fallback.forget_expired()
         now = time.time()
         for path in self.directory.iterdir():
             with suppress(OSError):
@@ -269,32 +246,6 @@ class FileStateStore(DocumentStore):
                 stale = path.suffix == ".tmp" and path.stat().st_mtime < now - SWEEP_SECONDS
                 if expired or stale:
                     path.unlink()
-
-
-class MemoryStateStore(DocumentStore):
-    """Documents in this process only: what a worker falls back to when Redis is down."""
-
-    def __init__(self):
-        self.docs = {}
-        self.lock = threading.Lock()
-
-    def update(self, name, change, ttl=None):
-        with self.lock:
-            doc = self.read(name) or {}
-            result = change(doc)
-            expires = time.time() + ttl if ttl is not None else None
-            self.docs[name] = (json.loads(json.dumps(doc)), expires)
-        return result
-
-    def read(self, name):
-        doc, expires = self.docs.get(name, (None, None))
-        if doc is None or (expires is not None and expires < time.time()):
-            return None
-        return json.loads(json.dumps(doc))
-
-    def delete(self, name):
-        with self.lock:
-            return self.docs.pop(name, None) is not None
 
 
 REDIS_RETRY_SECONDS = 15
@@ -342,12 +293,12 @@ def redis_or_memory(method: Callable) -> Callable:
     def run(store, *args):
         if time.monotonic() >= store.retry_at:
             try:
-                return method(store, *args)
+                result = method(store, *args)
             except redis.RedisError as exc:
-                store.retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-                log.error("Redis is unreachable (%s); state is per process for the next %d s, "
-                          "and conversation turns saved meanwhile stay in this process",
-                          type(exc).__name__, REDIS_RETRY_SECONDS)
+                store.fail(exc)
+            else:
+                store.outage = None
+                return result
         return getattr(store.fallback, method.__name__)(*args)
 
     return run
@@ -358,7 +309,9 @@ class RedisStateStore(StateStore):
 
     While Redis cannot be reached, operations fall back to this process's memory
     (rotation and cooldowns become per-process), Redis is tried again every
-    REDIS_RETRY_SECONDS, and the outage is logged, never raised at the user.
+    REDIS_RETRY_SECONDS, and the outage is logged, never raised at the user. /healthz says so
+    but answers 200: every instance shares Redis, so taking them out of rotation would only
+    stop a service that still answers.
     """
 
     def __init__(self, url: str):
@@ -368,6 +321,28 @@ class RedisStateStore(StateStore):
                         (("note", NOTE_ATTEMPT), ("open", OPEN_CHAT), ("append", APPEND_CHAT))}
         self.fallback = MemoryStateStore()
         self.retry_at = 0.0
+        self.outage = None  # the error that made Redis unreachable, while it is
+        self.probed = 0.0
+
+    def fail(self, exc: redis.RedisError) -> None:
+        """Redis cannot be reached: this process's memory for the next REDIS_RETRY_SECONDS."""
+        self.retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+        self.outage = type(exc).__name__
+        log.error("Redis is unreachable (%s); state is per process for the next %d s, "
+                  "and conversation turns saved meanwhile stay in this process",
+                  self.outage, REDIS_RETRY_SECONDS)
+
+    def health(self):
+        """PINGs Redis when a retry is due, or at most once a second while it answers."""
+        due = self.retry_at if self.outage else self.probed + HEALTH_PROBE_SECONDS
+        if time.monotonic() >= due:
+            self.probed = time.monotonic()
+            try:
+                self.redis.ping()
+                self.outage = None
+            except redis.RedisError as exc:
+                self.fail(exc)
+        return f"Redis unreachable: {self.outage}" if self.outage else None
 
     @redis_or_memory
     def take_turn(self, provider, first_attempt=None):

@@ -73,7 +73,14 @@ def index():
 
 @page.get("/healthz")
 def healthz():
-    """{"status": "ok", "providers": {name: number of keys}}; never a key."""
+    """{"status": "ok", "providers": {name: number of keys}}; never a key. While the state store
+    cannot keep the state, "degraded" with why in "state", and the store's unhealthy status
+    (503 for this instance's own disk, so its platform takes it out of rotation)."""
+    store = current_service().store
+    problem = store.health()
+    if problem:
+        return jsonify(status="degraded", providers=key_counts(), state=problem), \
+            store.unhealthy_status
     return jsonify(status="ok", providers=key_counts())
 
 
