@@ -226,26 +226,42 @@ def load_config(environ=None) -> Config:
     """Build the Config from environment variables (os.environ unless given), naming every
     problem at once in a ConfigError."""
     settings = Settings(os.environ if environ is None else environ)
+    config = Config(**upstream_settings(settings), **service_settings(settings),
+                    **limit_settings(settings))
+    if settings.problems:
+        raise ConfigError("invalid settings: " + "; ".join(settings.problems))
+    return config
+
+
+def upstream_settings(settings: Settings) -> dict:
+    """Keys, base URLs, models and timeouts of the upstreams."""
     gemini_keys = settings.keys("ALL_GEMINI_API_KEYS", groups=True)
     openai_compat_keys = settings.keys("ZJU_API_KEY", groups=False)  # ZJU's keys are APPID:secret
     gemini_model = settings.text("GEMINI_MODEL", Config.gemini_model)
     fallback_model = gemini_model if gemini_keys else "deepseek-r1-671b" if openai_compat_keys else ECHO_MODEL
-    data_dir = settings.text("TEMP_DATA_DIR")
-    config = Config(
+    return dict(
         gemini_keys=gemini_keys,
         gemini_base_url=settings.url("GEMINI_BASE_URL", Config.gemini_base_url),
         gemini_model=gemini_model,
         openai_compat_keys=openai_compat_keys,
         openai_compat_base_url=settings.url("ZJU_BASE_URL", Config.openai_compat_base_url),
         default_model=settings.text("DEFAULT_MODEL", fallback_model),
+        connect_timeout=settings.number("UPSTREAM_CONNECT_TIMEOUT", 10.0, 0.1),
+        read_timeout=settings.number("UPSTREAM_READ_TIMEOUT", 300.0, 0.1),
+        key_wait_seconds=settings.number("KEY_WAIT_SECONDS", 5.0),
+        gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
+                                               Config.gemini_native_methods),
+    )
+
+
+def service_settings(settings: Settings) -> dict:
+    """Where the service listens, who may use it, where it keeps its state, how it logs."""
+    data_dir = settings.text("TEMP_DATA_DIR")
+    return dict(
         host=settings.host("HOST", Config.host),
         port=settings.number("PORT", 5000, 1, int, 65535),
         cors_origins=settings.items("CORS_ORIGINS", "*") or ("*",),
         temp_data_dir=Path(data_dir) if data_dir else Config.temp_data_dir,
-        max_upload_mb=settings.number("MAX_UPLOAD_MB", 20.0, 0.001),
-        connect_timeout=settings.number("UPSTREAM_CONNECT_TIMEOUT", 10.0, 0.1),
-        read_timeout=settings.number("UPSTREAM_READ_TIMEOUT", 300.0, 0.1),
-        key_wait_seconds=settings.number("KEY_WAIT_SECONDS", 5.0),
         ping_seconds=settings.number("SSE_PING_SECONDS", 15.0, 0.05),
         log_language=settings.choice("LOG_LANGUAGE", ("en", "fa")),
         redis_url=settings.redis_url("REDIS_URL"),
@@ -254,9 +270,15 @@ def load_config(environ=None) -> Config:
         chat_max_turns=settings.number("CHAT_MAX_TURNS", 50, 2, int),
         chat_ttl_hours=settings.number("CHAT_TTL_HOURS", 72.0, 0.001),
         upload_ttl_minutes=settings.number("UPLOAD_TTL_MINUTES", 60.0, 0.001),
+        trusted_proxies=settings.number("TRUSTED_PROXIES", 0, 0, int),
+    )
+
+
+def limit_settings(settings: Settings) -> dict:
+    """What one client and one request may use."""
+    return dict(
+        max_upload_mb=settings.number("MAX_UPLOAD_MB", 20.0, 0.001),
         upload_cache_mb=settings.number("UPLOAD_CACHE_MB", Config.upload_cache_mb, 0.001),
-        gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
-                                               Config.gemini_native_methods),
         request_body_seconds=settings.number("REQUEST_BODY_SECONDS", 30.0, 0.1),
         max_turns=settings.number("MAX_TURNS", Config.max_turns, 1, int),
         max_parts=settings.number("MAX_PARTS", Config.max_parts, 1, int),
@@ -266,8 +288,4 @@ def load_config(environ=None) -> Config:
         max_json_depth=settings.number("MAX_JSON_DEPTH", Config.max_json_depth, 8, int,
                                        MAX_JSON_DEPTH),
         rate_limit=settings.rate_limit("RATE_LIMIT"),
-        trusted_proxies=settings.number("TRUSTED_PROXIES", 0, 0, int),
     )
-    if settings.problems:
-        raise ConfigError("invalid settings: " + "; ".join(settings.problems))
-    return config
