@@ -124,10 +124,10 @@ def split_every_byte(chunks):
 
 
 def parse_json(body):
-    """The body as JSON, or None when it is empty or not JSON."""
+    """The body as JSON, or None when it is empty, not JSON or nested too deep to parse."""
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
