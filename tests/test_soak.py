@@ -1,5 +1,6 @@
 """A bounded soak (issue 11, "Soak"): a mixed load through gunicorn with gevent workers for
-SOAK_SECONDS (20 by default to keep CI short; the issue's figure is 60, `SOAK_SECONDS=60`):
+SOAK_SECONDS (60 by default, the issue's figure: the whole suite then runs in about 5
+minutes; SOAK_SECONDS=20 for a quicker run):
 streams on every API, clients that cancel mid-stream, upstream failures (503s, cut streams)
 scripted in the fakes, uploads and chats that use them, invalid requests, and one greedy
 client over its rate limit. Afterwards: no unexpected 5xx, worker RSS grew less than 10 %
@@ -26,7 +27,7 @@ from tests.client import sse_data
 from tests.conftest import ADMIN_TOKEN, PNG, upstream_env
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_sse
 
-SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 WARM_UP_SECONDS = min(5.0, SOAK_SECONDS / 4)
 THREADS = 8
 TIMEOUT = 15
