@@ -45,6 +45,9 @@ QUOTA_WORDS = re.compile(r"rate[ _]limit|too many requests|resource_exhausted", 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 RETRY_IN = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?(?:ms|h|m|s)(?:\d+(?:\.\d+)?(?:ms|h|m|s))*)",
                       re.I)
+HTML_PAGE = re.compile(r"\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
+HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+HTML_TAG = re.compile(r"<[^>]*>")
 RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 
 
@@ -115,8 +118,18 @@ def error_message(body: Any, fallback: str) -> str:
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
     if isinstance(error, str) and error:
-        return error
+        return html_summary(error)
     return fallback
+
+
+def html_summary(text: str) -> str:
+    """An HTML error page (a CDN's or proxy's in front of the API) as its title, or its
+    visible text, on one line; any other text unchanged."""
+    if not HTML_PAGE.match(text):
+        return text
+    title = HTML_TITLE.search(text)
+    visible = title.group(1) if title else HTML_TAG.sub(" ", text)
+    return "an HTML page: " + " ".join(visible.split())[:200]
 
 
 def retry_delay(error: Any, headers=None, message: str = "") -> float:

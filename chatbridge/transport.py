@@ -74,7 +74,7 @@ def iter_body(response: requests.Response) -> Iterator:
     """Raw bytes from an upstream response as they arrive, network errors made failures."""
     try:
         while True:
-            chunk = response.raw.read1(READ_SIZE)
+            chunk = response.raw.read1(READ_SIZE, decode_content=True)  # a CDN may gzip anyway
             if not chunk:
                 return
             yield chunk
@@ -108,7 +108,7 @@ def release_upstream(response: requests.Response) -> None:
     in its own greenlet: a new TCP connection per request would cost more than this."""
     drained = False
     with suppress(Exception), gevent.Timeout(DRAIN_SECONDS, False):
-        while response.raw.read1(READ_SIZE):
+        while response.raw.read1(READ_SIZE, decode_content=True):
             pass
         drained = True
     if drained:

@@ -4,6 +4,7 @@ import json
 import re
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -74,6 +75,7 @@ class Reply:
     hang: bool = False
     drop: bool = False
     silent: bool = False  # send no status line at all: with hang, wait for the client; else close at once
+    reset: bool = False  # with drop: end with a TCP RST (SO_LINGER 0) instead of a FIN
 
 
 @dataclass
@@ -122,10 +124,10 @@ def split_every_byte(chunks):
 
 
 def parse_json(body):
-    """The body as JSON, or None when it is empty or not JSON."""
+    """The body as JSON, or None when it is empty, not JSON or nested too deep to parse."""
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -613,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.hang:
             self.wait_for_close()
         elif reply.drop:
-            self.drop()
+            self.drop(reset=reply.reset)
         elif reply.chunked:
             self.wfile.write(b"0\r\n\r\n")
 
@@ -638,9 +640,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             return True
 
-    def drop(self):
-        """Close the socket without the terminating 0-chunk."""
+    def drop(self, reset=False):
+        """Close the socket without the terminating 0-chunk; with reset, by a TCP RST (the
+        kernel sends one when a socket lingering 0 seconds is closed)."""
         with contextlib.suppress(OSError):
+            if reset:
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
