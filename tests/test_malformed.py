@@ -123,3 +123,18 @@ def test_the_pass_through_methods_are_a_setting(make_app, gemini):
     assert client.post(url + ":countTokens", json=body).status_code == 200
     assert client.post(url + ":generateContent", json=body).status_code == 404
     assert [r.path for r in gemini.requests] == ["/v1beta/models/gemini-2.5-flash:countTokens"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"contents": ' + b"[" * 100 + b"]" * 100 + b"}", 400, "MAX_JSON_DEPTH"),
+    (b"[" * 5000 + b"]" * 5000, 400, "MAX_JSON_DEPTH"),
+], ids=["invalid", "array", "deep", "very deep"])
+def test_the_gemini_pass_through_spends_no_key_on_a_body_it_cannot_pass(client, gemini, body,
+                                                                         status, words):
+    response = client.post("/v1beta/models/gemini-2.5-flash:generateContent", data=body,
+                           content_type="application/json")
+    assert response.status_code == status
+    assert words in response.json["error"]["message"] and response.json["error"]["code"] == status
+    assert gemini.requests == []

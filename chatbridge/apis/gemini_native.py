@@ -20,7 +20,7 @@ from flask import Blueprint, Response, request
 from ..auth import require_access_token
 from ..chat import ChatRequest, Delta
 from ..config import Config
-from ..errors import ChatBridgeError, ModelNotFound, NotFound, UpstreamError
+from ..errors import ChatBridgeError, ClientError, ModelNotFound, NotFound, UpstreamError
 from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter, sse
@@ -30,6 +30,7 @@ from .common import (
     install_error_handler,
     no_endpoint,
     note_request,
+    refuse_deep_nesting,
     refuse_many_values,
     stream_response,
     unknown_url,
@@ -95,12 +96,29 @@ def parse_call(target: str, method: str, query: dict, body: bytes, config: Confi
     if action and action not in config.gemini_native_methods:
         raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
                        + ", ".join(config.gemini_native_methods))
-    refuse_many_values(body, config.max_json_values)  # passed on unparsed, but not unbounded
+    if method == "POST":
+        check_body(body, config)
     if not config.gemini_keys:
         raise ModelNotFound("Gemini models are served with ALL_GEMINI_API_KEYS, which is not set")
     call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)
     return ChatRequest(shape="native", provider="gemini", model=model or "*", turns=[],
                        stream=action == "streamGenerateContent", native=call)
+
+
+def check_body(body: bytes, config: Config) -> None:
+    """A body is passed on as sent, but only a JSON object within the bounds (MAX_JSON_VALUES,
+    MAX_JSON_DEPTH) spends a pool key: anything else is our own 400 or 413."""
+    refuse_many_values(body, config.max_json_values)
+    try:
+        parsed = json.loads(body or b"{}")
+    except RecursionError:
+        raise ClientError(f"the body's JSON is nested more than {config.max_json_depth} levels "
+                          "deep (MAX_JSON_DEPTH)") from None
+    except ValueError:
+        raise ClientError("the body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ClientError("the body must be a JSON object")
+    refuse_deep_nesting(parsed, config.max_json_depth)
 
 
 def render_error(error: ChatBridgeError) -> tuple:
