@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, render_template, reque
 from gevent import monkey
 from flask_cors import CORS
 
-from .apis import BLUEPRINTS, admin, render_default_error
+from .apis import BLUEPRINTS, admin, openapi, render_default_error
 from .apis.common import install_error_handler
 from .config import PROJECT_DIR, Config, load_config
 from .errors import ClientError
@@ -52,7 +52,7 @@ def create_app(config: Config | None = None) -> Flask:
     install_error_handler(app, render_default_error)
     app.before_request(start_record)
     app.before_request(read_body_in_time)
-    install_rate_limits(app, config, exempt=(page, admin.bp))
+    install_rate_limits(app, config, exempt=(page, admin.bp, openapi.bp))
     app.after_request(secure_headers)
     app.after_request(log_when_done)
     announce(app.extensions["chatbridge"])
