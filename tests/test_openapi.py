@@ -62,6 +62,21 @@ def test_the_document_needs_no_access_token(token_server):
     assert requests.get(token_server.url + "/v1/models", timeout=10).status_code == 401
 
 
+@pytest.mark.parametrize(("url", "error"), [
+    ("/v1/models/a%0Ab", {"message": "the model 'a\\nb' does not exist", "type": "invalid_request_error",
+                          "param": None, "code": "model_not_found"}),
+    ("/v1/x%0Ay", {"message": "no such endpoint: GET /v1/x\ny", "type": "invalid_request_error",
+                   "param": None, "code": None}),
+    ("/v1beta/x%0Ay", {"code": 404, "message": "no such endpoint: GET /v1beta/x\ny",
+                       "status": "NOT_FOUND"}),
+])
+def test_an_encoded_newline_in_a_path_keeps_the_apis_error_format(client, url, error):
+    """Found by schemathesis: werkzeug's <path:...> stopped at a newline, so such URLs fell
+    through every API's catch-all to the /api error format."""
+    response = client.get(url)
+    assert (response.status_code, response.get_json()) == (404, {"error": error})
+
+
 @pytest.fixture(scope="module")
 def live_server(start_gunicorn):
     """No keys, so only the echo model answers; ADMIN_TOKEN set, so /api/keys answers too."""
