@@ -2,7 +2,7 @@
 client's address (TRUSTED_PROXIES).
 
 - The limits count a client's requests to the client APIs (/api/*, /v1/*, /v1beta/*) all
-  together; the page, /healthz, /static, the operator's /api/keys and CORS preflights
+  together; the page, /healthz, /openapi.json, /static, the operator's /api/keys and CORS preflights
   (OPTIONS) are never counted. Unset, nothing is counted.
 - The client is its access token (by fingerprint, never the token) when it presents one of
   ACCESS_TOKENS, else its address: a missing or wrong token counts against the address, so

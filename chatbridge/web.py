@@ -19,8 +19,9 @@ import gevent
 from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
 from gevent import monkey
 from flask_cors import CORS
+from werkzeug.routing import PathConverter
 
-from .apis import BLUEPRINTS, admin, render_default_error
+from .apis import BLUEPRINTS, admin, openapi, render_default_error
 from .apis.common import install_error_handler
 from .config import PROJECT_DIR, Config, load_config
 from .errors import ClientError
@@ -37,12 +38,20 @@ GREETING = {"fa": "چتبات API آماده است", "en": "The chatbot API is 
 page = Blueprint("page", __name__)
 
 
+class AnyPath(PathConverter):
+    """werkzeug's <path:...>, also across an encoded newline (%0A), so an API's catch-all
+    still answers such a URL in that API's error format."""
+
+    regex = "(?s:[^/].*?)"
+
+
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app from the environment's settings, or from the Config given (tests)."""
     config = config or load_config()
     setup_logging(config.log_language)
     app = Flask(__name__, root_path=str(PROJECT_DIR))  # templates/ and static/ beside app.py
     app.json.ensure_ascii = False
+    app.url_map.converters["path"] = AnyPath
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes * 4 // 3 + 1024 * 1024
     app.extensions["chatbridge"] = Service(config)
     CORS(app, origins=list(config.cors_origins), expose_headers=["Retry-After", "X-Request-ID"])
@@ -52,7 +61,7 @@ def create_app(config: Config | None = None) -> Flask:
     install_error_handler(app, render_default_error)
     app.before_request(start_record)
     app.before_request(read_body_in_time)
-    install_rate_limits(app, config, exempt=(page, admin.bp))
+    install_rate_limits(app, config, exempt=(page, admin.bp, openapi.bp))
     app.after_request(secure_headers)
     app.after_request(log_when_done)
     announce(app.extensions["chatbridge"])

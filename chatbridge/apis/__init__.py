@@ -6,10 +6,12 @@ blueprint with an error handler that renders every error in that API's format.
 - openai_chat.py: OpenAI's Chat Completions and model list under /v1
 - gemini_native.py: Gemini's own REST API passed through under /v1beta (and /v1)
 - admin.py: the operator's /api/keys
+- openapi.py: the OpenAPI 3.1 contract of /api and /v1, served at /openapi.json
 fields.py validates request fields for all of them; common.py holds their shared plumbing.
 """
 
-from . import admin, gemini_native, openai_chat, source
+from . import admin, gemini_native, openai_chat, openapi, source
 
-BLUEPRINTS = (source.bp, admin.bp, openai_chat.models_bp, openai_chat.bp, gemini_native.bp)
+BLUEPRINTS = (source.bp, admin.bp, openai_chat.models_bp, openai_chat.bp, gemini_native.bp,
+              openapi.bp)
 render_default_error = source.render_error  # for URLs no API owns, and the page's routes
