@@ -74,6 +74,9 @@ class Config:
     # Gemini REST methods passed through under /v1beta (besides the model list and a model)
     gemini_native_methods: tuple = ("generateContent", "streamGenerateContent", "countTokens")
     request_body_seconds: float = 30.0  # how long a request body may take to arrive
+    # what files may be sent or uploaded: MIME types, `type/*` for a whole family
+    allowed_file_types: tuple = ("image/*", "audio/*", "video/*", "text/*", "application/pdf",
+                                 "application/json")
     max_turns: int = 2000  # what one request may hold, checked before it is parsed into turns
     max_parts: int = 500
     max_tools: int = 128
@@ -103,6 +106,8 @@ class Config:
         return [key.secret for key in self.gemini_keys + self.openai_compat_keys] + tokens
 
 
+MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+MIME_FAMILY = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/\*")
 KEY_SEPARATORS = re.compile(r"[,\r\n]+")  # commas, or one key a line as pasted from a file
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry of a key
 HOST = re.compile(r"[0-9A-Za-z.:-]+")  # a name, an IPv4 or an IPv6 address (`::1`, `::`)
@@ -215,6 +220,15 @@ class Settings:
             return ""
         return value
 
+    def mime_types(self, name: str, default: tuple) -> tuple:
+        """A list of MIME types such as image/png, or type/* for a family."""
+        types = tuple(t.lower() for t in self.items(name)) or default
+        if not all(MIME_TYPE.fullmatch(t) or MIME_FAMILY.fullmatch(t) for t in types):
+            self.problems.append(f"{name} must list MIME types such as image/png or image/*, "
+                                 "separated by commas")
+            return default
+        return types
+
     def redis_url(self, name: str) -> str:
         value = self.text(name)
         if value and not re.match(r"(rediss?|unix)://", value):
@@ -280,6 +294,7 @@ def limit_settings(settings: Settings) -> dict:
         max_upload_mb=settings.number("MAX_UPLOAD_MB", 20.0, 0.001),
         upload_cache_mb=settings.number("UPLOAD_CACHE_MB", Config.upload_cache_mb, 0.001),
         request_body_seconds=settings.number("REQUEST_BODY_SECONDS", 30.0, 0.1),
+        allowed_file_types=settings.mime_types("ALLOWED_FILE_TYPES", Config.allowed_file_types),
         max_turns=settings.number("MAX_TURNS", Config.max_turns, 1, int),
         max_parts=settings.number("MAX_PARTS", Config.max_parts, 1, int),
         max_tools=settings.number("MAX_TOOLS", Config.max_tools, 1, int),

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import gevent
-from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from gevent import monkey
 from flask_cors import CORS
 from werkzeug.routing import PathConverter
@@ -107,14 +107,20 @@ def start_record():
 def read_body_in_time() -> None:
     """Read a request's body (kept for the view) within REQUEST_BODY_SECONDS, else 408: a
     client that sends its headers and then a byte now and then must not hold a connection and
-    its greenlet for long. Only under gevent, whose timers can interrupt a read."""
-    if request.method not in ("POST", "PUT", "PATCH") or not monkey.is_module_patched("socket"):
+    its greenlet for long (under gevent, whose timers can interrupt a read). A chunked body,
+    which names no length, is cut at the limit by werkzeug: that is a 413 too."""
+    if request.method not in ("POST", "PUT", "PATCH"):
         return
-    seconds = current_service().config.request_body_seconds
-    too_slow = ClientError(f"the request body did not arrive within {seconds:g} s "
-                           "(REQUEST_BODY_SECONDS)", 408)
-    with gevent.Timeout(seconds, too_slow):
-        request.get_data(cache=True)
+    config = current_service().config
+    too_slow = ClientError(f"the request body did not arrive within {config.request_body_seconds:g}"
+                           " s (REQUEST_BODY_SECONDS)", 408)
+    with gevent.Timeout(config.request_body_seconds if monkey.is_module_patched("socket") else None,
+                        too_slow):
+        data = request.get_data(cache=True)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit and len(data) >= limit:
+        raise ClientError(f"the request body is larger than the {config.max_upload_mb:g} MB file "
+                          "limit allows", 413)
 
 
 def secure_headers(response: Response) -> Response:

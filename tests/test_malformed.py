@@ -2,6 +2,7 @@
 (issue 11, item 8), and an upstream that redirects is not followed nor handed a cookie jar
 (item 2)."""
 
+import io
 import json
 
 import pytest
@@ -138,3 +139,32 @@ def test_the_gemini_pass_through_spends_no_key_on_a_body_it_cannot_pass(client, 
     assert response.status_code == status
     assert words in response.json["error"]["message"] and response.json["error"]["code"] == status
     assert gemini.requests == []
+
+
+@pytest.mark.parametrize("mime_type, status", [
+    ("application/zip", 415),
+    ("application/x-msdownload", 415),
+    ("x\n[2026-01-01] [INFO] FORGED", 400),
+    ("png", 400),
+], ids=["zip", "exe", "forged log line", "no subtype"])
+def test_a_file_of_a_type_not_allowed_is_refused_before_anything(client, gemini, mime_type, status):
+    response = client.post("/api/chat", json={"message": "look", "file_data": {
+        "mime_type": mime_type, "data": "aGk="}})
+    assert response.status_code == status
+    assert ("ALLOWED_FILE_TYPES" in response.json["error"]) is (status == 415)
+    assert gemini.requests == []
+
+
+def test_an_upload_of_a_type_not_allowed_is_refused(client):
+    response = client.post("/api/upload", data={"file": (io.BytesIO(b"MZ\x90\x00"), "tool.exe")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 415 and "ALLOWED_FILE_TYPES" in response.json["error"]
+
+
+def test_the_allowed_file_types_are_a_setting(make_app):
+    client = make_app(ALLOWED_FILE_TYPES="application/zip, image/*").test_client()
+    body = {"message": "look", "model": "echo", "file_data": {"mime_type": "application/zip",
+                                                              "data": "aGk="}}
+    assert client.post("/api/chat", json=body).status_code == 200
+    body["file_data"]["mime_type"] = "text/plain"
+    assert client.post("/api/chat", json=body).status_code == 415

@@ -62,3 +62,16 @@ def test_a_body_that_arrives_in_time_is_answered(patient_server):
                              json={"user_content": "hello", "model": "echo"})
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "hello"
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(patient_server):
+    """Issue 11, item 8: without a Content-Length the limit still holds, as a 413."""
+    def body():
+        yield b'{"message": "'
+        for _ in range(30):
+            yield b"a" * (1024 * 1024)
+        yield b'"}'
+    response = requests.post(patient_server.url + "/api/chat", data=body(), timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "MB" in response.json()["error"]

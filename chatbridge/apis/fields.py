@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ..chat import Attachment
-from ..config import Config
+from ..config import MIME_TYPE, Config
 from ..errors import ClientError
 
 MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
@@ -80,7 +80,19 @@ def checked_file(mime_type: str, data: str, filename: str, where: str,
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ClientError(f"the file in {where} is not valid base64") from None
-    return Attachment(mime_type.strip().lower() or guess_mime(filename), data, filename)
+    mime_type = mime_type.strip().lower() or guess_mime(filename)
+    check_file_type(mime_type, where, config)
+    return Attachment(mime_type, data, filename)
+
+
+def check_file_type(mime_type: str, where: str, config: Config) -> None:
+    """A 400 for a MIME type that is no MIME type, a 415 for one ALLOWED_FILE_TYPES leaves out."""
+    if not MIME_TYPE.fullmatch(mime_type):
+        raise ClientError(f"the file in {where} has no MIME type like image/png: {mime_type!r}")
+    family = mime_type.split("/")[0] + "/*"
+    if mime_type not in config.allowed_file_types and family not in config.allowed_file_types:
+        raise ClientError(f"files of type {mime_type} are not accepted (ALLOWED_FILE_TYPES: "
+                          f"{', '.join(config.allowed_file_types)})", 415)
 
 
 def data_url_file(part: dict, where: str, config: Config) -> Attachment:

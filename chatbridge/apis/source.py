@@ -36,6 +36,7 @@ from . import ui_stream
 from .common import install_error_handler, note_request, read_json_body, stream_response
 from .fields import (
     CHAT_ID,
+    check_file_type,
     bounded,
     check_text,
     checked_file,
@@ -99,6 +100,7 @@ def upload():
     mime = file.mimetype
     if not mime or mime == "application/octet-stream":
         mime = guess_mime(file.filename)
+    check_file_type(mime.lower(), "the upload", svc.config)
     file = Attachment(mime, base64.b64encode(content).decode("ascii"), file.filename)
     file_id = svc.conversations.cache_upload(file, g.owner)
     return jsonify(success=True, file_id=file_id, file_data={
