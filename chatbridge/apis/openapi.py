@@ -50,12 +50,14 @@ STATUS_TEXT = {
     404: "No such chat, file_id, model or endpoint",
     408: "The request body did not arrive within REQUEST_BODY_SECONDS",
     413: "A body, file or text over its limit (MAX_UPLOAD_MB, MAX_TEXT_CHARS, MAX_JSON_VALUES)",
-    415: "The body is not Content-Type: application/json",
+    415: "The body is not Content-Type: application/json, or a file's type is not in "
+         "ALLOWED_FILE_TYPES",
     429: "Every key is resting, or this client is over RATE_LIMIT; Retry-After says when to "
          "try again",
     500: "The upstream answered with an error (its message included), or an unexpected failure",
     502: "The upstream failed with every key",
     503: "The upstream could not be reached, or every key was rejected",
+    507: "The upload cache is full (UPLOAD_CACHE_MB), or the disk refused the file",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds until a retry can succeed",
                                "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
@@ -356,7 +358,7 @@ API_UPLOAD = {"post": {
             "file_data": obj({"mime_type": {"type": "string"}, "data": {"type": "string"},
                               "filename": {"type": "string"}}, ("mime_type", "data", "filename")),
         }, ("success", "file_id", "file_data")), "The file, cached for UPLOAD_TTL_MINUTES"),
-        **api_errors(400, 401, 408, 413),
+        **api_errors(400, 401, 408, 413, 415, 429, 507),
     },
 }}
 
@@ -370,7 +372,7 @@ API_CHATS = {
                 "type": "array", "items": obj({"role": {"enum": ["user", "assistant"]},
                                                "content": {"type": "string"}}, ("role", "content"))
             }}, ("chat_id", "history")), "The conversation, in the shape `history` takes"),
-            **api_errors(400, 401, 404),
+            **api_errors(400, 401, 404, 429),
         },
     },
     "delete": {
@@ -379,7 +381,7 @@ API_CHATS = {
         "responses": {
             "200": json_body(obj({"deleted": {"const": True}, "chat_id": {"type": "string"}},
                                  ("deleted", "chat_id")), "Forgotten"),
-            **api_errors(400, 401, 404),
+            **api_errors(400, 401, 404, 429),
         },
     },
 }
@@ -423,7 +425,7 @@ V1_MODELS = {"get": {
         "200": json_body(obj({"object": {"const": "list"},
                               "data": {"type": "array", "items": ref("Model")}},
                              ("object", "data")), "The models, in OpenAI's list shape"),
-        **openai_errors(401, 500),
+        **openai_errors(401, 429, 500),
     },
 }}
 
@@ -434,7 +436,7 @@ V1_MODEL = {"get": {
                     "schema": {"type": "string"}}],
     "responses": {
         "200": json_body(ref("Model"), "The model"),
-        **openai_errors(401, 404, 500),
+        **openai_errors(401, 404, 429, 500),
     },
 }}
 
