@@ -85,6 +85,12 @@ class Provider:
         """The upstream's model names, or UpstreamError."""
         raise NotImplementedError
 
+    def count_tokens(self, chat: ChatRequest, key: ApiKey | None, cancel: Cancel) -> int:
+        """The input tokens chat would cost. Here an estimate (estimate_tokens); a provider
+        whose upstream can count (Gemini's countTokens) overrides it, and may raise
+        UpstreamError."""
+        return estimate_tokens(chat)
+
 
 class HttpProvider(Provider):
     """An upstream over HTTP: subclasses build requests and translate events."""
@@ -149,6 +155,19 @@ class HttpProvider(Provider):
         if response.status_code != 200 or not isinstance(body, dict):
             raise classify_failure(response.status_code, body, response.headers)
         return self.model_names(body)
+
+
+def estimate_tokens(chat: ChatRequest) -> int:
+    """A rough input token count for upstreams that cannot count: about four characters of
+    text per token (OpenAI's rule of thumb for English), plus 258 per attached file (Gemini's
+    flat rate for an image) and 4 per message for its framing. At least 1."""
+    chars = len(chat.system or "") + (len(json.dumps(chat.tools)) if chat.tools else 0)
+    tokens = 0
+    for turn in chat.turns:
+        chars += len(turn.text) + len(turn.reasoning) + sum(len(str(c.get("arguments", "")))
+                                                            for c in turn.tool_calls)
+        tokens += 4 + 258 * len(turn.files)
+    return max(1, tokens + (chars + 3) // 4)
 
 
 def says_json(response) -> bool:
