@@ -85,6 +85,8 @@ class Config:
     max_json_depth: int = 64
     rate_limit: str = ""  # Flask-Limiter's syntax, e.g. 30/minute;500/day; empty: no limits
     trusted_proxies: int = 0  # proxy hops in front whose X-Forwarded-For entry is believed
+    # MODEL_ALIASES: (fnmatch pattern, model) pairs in the order given; the first match wins
+    model_aliases: tuple = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -110,6 +112,8 @@ MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.
 MIME_FAMILY = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/\*")
 KEY_SEPARATORS = re.compile(r"[,\r\n]+")  # commas, or one key a line as pasted from a file
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # what an HTTP header value can carry of a key
+ALIAS_PATTERN = re.compile(r"[^\s=,]{1,200}")  # fnmatch globs allowed
+ALIAS_TARGET = re.compile(r"[^\s=,*?\[\]]{1,200}")
 HOST = re.compile(r"[0-9A-Za-z.:-]+")  # a name, an IPv4 or an IPv6 address (`::1`, `::`)
 
 
@@ -229,6 +233,20 @@ class Settings:
             return default
         return types
 
+    def aliases(self, name: str) -> tuple:
+        """Model aliases `pattern=model, ...`: a pattern with fnmatch's globs (`*`, `?`,
+        `[...]`) and the model it stands for, which must be a plain name; each bad entry named."""
+        pairs = []
+        for entry in self.items(name):
+            pattern, equals, model = (part.strip() for part in entry.partition("="))
+            if not equals or not ALIAS_PATTERN.fullmatch(pattern) or not ALIAS_TARGET.fullmatch(model):
+                self.problems.append(f"{name}: {entry!r} must be pattern=model, e.g. "
+                                     "claude-sonnet-*=gemini-2.5-pro (a model is a plain name "
+                                     "without * ? [ ] or spaces)")
+            else:
+                pairs.append((pattern, model))
+        return tuple(pairs)
+
     def redis_url(self, name: str) -> str:
         value = self.text(name)
         if value and not re.match(r"(rediss?|unix)://", value):
@@ -265,6 +283,7 @@ def upstream_settings(settings: Settings) -> dict:
         key_wait_seconds=settings.number("KEY_WAIT_SECONDS", 5.0),
         gemini_native_methods=settings.methods("GEMINI_NATIVE_METHODS",
                                                Config.gemini_native_methods),
+        model_aliases=settings.aliases("MODEL_ALIASES"),
     )
 
 

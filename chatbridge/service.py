@@ -102,12 +102,14 @@ class Service:
 
     def model_list(self) -> list:
         """(name, owned_by) of echo, the models each keyed provider offers, named so that they
-        route back to their provider."""
+        route back to their provider, then the MODEL_ALIASES names without globs whose model
+        is available (owned by that model's provider)."""
         models = [(ECHO_MODEL, "chatbridge")]
         for provider in self.providers.keyed():
             if provider.keys:
                 models += [(self.providers.listed_name(provider, m), provider.owned_by)
                            for m in self.upstream_models(provider)]
+        models += [(alias, provider.owned_by) for alias, provider in self.providers.alias_entries()]
         return list(dict(models).items())
 
     def upstream_models(self, provider) -> list:
@@ -126,4 +128,5 @@ class Service:
                         exc.message)
             names, lifetime = [self.providers.fallback_model(provider)], FAILED_LIST_SECONDS
         self.models_cache[provider.name] = (time.monotonic() + lifetime, names)
+        self.providers.listed[provider.name] = names  # for the unknown-model errors
         return names

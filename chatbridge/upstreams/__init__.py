@@ -1,20 +1,29 @@
 """The upstream providers and the registry that picks one for a model name.
 
-Routing a model name: `echo` is built in; a `gemini/` or `zju/` prefix picks that provider
+Routing a model name: MODEL_ALIASES first (the first pattern that matches replaces the name
+with its model, once); then `echo` is built in; a `gemini/` or `zju/` prefix picks that provider
 (and is stripped: `zju/qwen3` sends `qwen3`); otherwise the first provider in PROVIDERS that
 claims the name serves it (names starting with gemini or gemma go to Gemini, every other
 name to the OpenAI-compatible upstream).
+
+A name whose provider has no keys is a ModelNotFound that lists the models that are
+available and suggests a near miss (chatbridge/upstreams/names.py); when the name clearly meant
+that provider (its prefix, a name only it claims, or its default model), it also names the
+missing setting.
 
 A new provider is one module beside these (a Provider subclass, chatbridge/upstreams/base.py)
 and one line in PROVIDERS, plus its settings in chatbridge/config.py.
 """
 
+from fnmatch import fnmatchcase
+
 from ..config import Config
-from ..errors import ClientError, ModelNotFound
+from ..errors import ClientError
 from ..transport import Transport
 from .base import Provider
 from .echo import EchoProvider
 from .gemini import GeminiProvider, NativeCall
+from .names import has_glob, unknown_model
 from .openai_compat import OpenAICompatProvider
 
 # In routing order: the last one claims every name the others do not.
@@ -29,6 +38,8 @@ class Registry:
     def __init__(self, config: Config, transport: Transport):
         self.providers = {cls.name: cls.from_config(config, transport) for cls in PROVIDERS}
         self.default_model = config.default_model
+        self.aliases = config.model_aliases
+        self.listed = {}  # provider name -> its upstream's model names, once the service has them
 
     def __getitem__(self, name: str) -> Provider:
         return self.providers[name]
@@ -44,14 +55,60 @@ class Registry:
             return self.providers[prefix], rest
         return next(p for p in self.providers.values() if p.claims(name)), name
 
+    def aliased(self, name: str) -> str:
+        """The model a MODEL_ALIASES pattern maps name to (the first that matches), or name."""
+        return next((model for pattern, model in self.aliases if fnmatchcase(name, pattern)), name)
+
     def resolve(self, name: str | None) -> tuple:
-        """(provider name, model) for a requested model or the default; ModelNotFound when
-        its provider has no keys."""
-        provider, model = self.route((name or self.default_model).strip())
+        """(provider name, model) for a requested model (or the default), after its alias;
+        ModelNotFound, listing what is available, when its provider has no keys."""
+        requested = (name or self.default_model).strip()
+        target = self.aliased(requested)
+        provider, model = self.route(target)
         if provider.needs_keys and not provider.keys:
-            raise ModelNotFound(f"model {model!r} is served by {provider.display_name}, "
-                                f"but {provider.key_variable} is not set")
+            raise unknown_model(requested, target, provider, self.meant(target, provider),
+                                self.available(), self.suggestible())
         return provider.name, model
+
+    def meant(self, name: str, provider: Provider) -> bool:
+        """Whether a name clearly asks for this provider: its prefix, a name it claims before
+        the catch-all (the last provider), or its default model."""
+        prefixed = name.partition("/")[0] == provider.name
+        specific = provider is not list(self.providers.values())[-1]
+        return prefixed or specific or name == provider.default_model
+
+    def available(self) -> list:
+        """The model names that answer now, without asking an upstream: the keyless models,
+        each keyed provider's listed models (or its fallback), the exact aliases."""
+        names = [p.default_model for p in self.providers.values() if not p.needs_keys]
+        for provider in (p for p in self.keyed() if p.keys):
+            names += [self.listed_name(provider, m) for m in
+                      self.listed.get(provider.name) or [self.fallback_model(provider)]]
+        names += [alias for alias, _ in self.alias_entries()]
+        return list(dict.fromkeys(names))
+
+    def suggestible(self) -> dict:
+        """Names a near miss may have meant: the available ones (None), and the default models
+        of providers without keys (their key setting)."""
+        names = {p.default_model: p.key_variable for p in self.keyed() if not p.keys}
+        return {**names, **dict.fromkeys(self.available())}
+
+    def neutral_models(self) -> list:
+        """(name, provider name) of the models ChatBridge itself names, for Gemini's model
+        list: the keyless ones, then the available exact aliases."""
+        own = [(p.default_model, p.name) for p in self.providers.values() if not p.needs_keys]
+        return own + [(alias, provider.name) for alias, provider in self.alias_entries()]
+
+    def alias_entries(self) -> list:
+        """(alias, provider) for each MODEL_ALIASES pattern without globs whose model is
+        available, for the model lists."""
+        entries = []
+        for pattern, model in self.aliases:
+            provider = self.route(model)[0]
+            reachable = provider.keys or not provider.needs_keys
+            if not has_glob(pattern) and self.aliased(pattern) == model and reachable:
+                entries.append((pattern, provider))
+        return entries
 
     def check_files(self, provider: str, turns: list) -> None:
         """A 400 for files a provider cannot take, before contacting it."""
