@@ -1,14 +1,41 @@
-"""The built-in `echo` model: the user's message back, word by word. It needs no key, so a
-fresh clone answers with nothing configured."""
+"""The built-in `echo` model: the user's message back, as a model would stream it. It needs no
+key, so a fresh clone answers with nothing configured, and it is a faithful stand-in on every
+client API (issue 10).
 
+Rules:
+- It answers the last user turn's text (plus a note per attached file); after tool results
+  (the last turns are role tool) it answers with their text.
+- Streaming is paced so the whole answer takes under ECHO_SECONDS: a short text goes word by
+  word, ECHO_WORD_DELAY apart; a long one in at most ECHO_PIECES pieces of several words (a
+  1 MB paste streams in about two seconds, not an hour). A whole (non-streaming) answer is
+  not paced.
+- JSON mode: response_format json_object answers {"echo": text}; json_schema answers an
+  object with the schema's required fields filled with placeholders of their types
+  (chatbridge/upstreams/placeholder.py), strings carrying the text.
+- Tools: when the request offers tools (and tool_choice is not none) and the text starts with
+  `/tool NAME {json}`, the answer is that call (finish tool_calls). A NAME the request does
+  not offer, or arguments that are not a JSON object, is a 400 naming the offered tools,
+  raised before the answer starts.
+- Reasoning: when the request asks for it (thinking true), a one-line thought comes first.
+- Usage: the prompt is estimate_tokens(chat); the answer about four characters per token.
+"""
+
+import json
 import re
 import time
+import uuid
 
-from ..chat import Delta, Finish
+from ..chat import Delta, Finish, Turn
 from ..config import ECHO_MODEL
-from .base import Provider, WholeAnswer
+from ..errors import ClientError
+from .base import Provider, WholeAnswer, estimate_tokens
+from .placeholder import placeholder
 
-ECHO_WORD_DELAY = 0.02  # seconds between echoed words, so the echo visibly streams
+ECHO_WORD_DELAY = 0.02  # seconds between pieces, so the echo visibly streams
+ECHO_SECONDS = 2.0  # the longest an echoed answer streams
+ECHO_PIECES = 90  # at most this many pieces: 90 × 20 ms stays under ECHO_SECONDS
+WORDS = re.compile(r"\s*\S+\s*")
+TOOL_COMMAND = re.compile(r"/tool\s+(\S+)\s*(.*)", re.S)
 
 
 class EchoProvider(Provider):
@@ -25,18 +52,95 @@ class EchoProvider(Provider):
         return model == ECHO_MODEL
 
     def answer(self, chat):
-        text = chat.message
-        for file in chat.turns[-1].files:
-            text += f"\n\n(received {file.filename or 'a file'}, {file.mime_type}, {file.size} bytes)"
-        text = text.strip()
-        for index, word in enumerate(re.findall(r"\s*\S+\s*", text) or [text]):
-            if index:
-                time.sleep(ECHO_WORD_DELAY)
-            yield Delta("text", word)
-        words = len(text.split())
-        yield Delta("usage", {"prompt_tokens": words, "completion_tokens": words,
-                              "total_tokens": 2 * words})
-        yield Delta("finish", Finish("stop"))
+        """The answer's deltas, paced; a /tool command that cannot be answered raises
+        ClientError here, before anything streams."""
+        return paced(echo_deltas(chat))
 
     def fetch_answer(self, chat, key, cancel):
-        return WholeAnswer(list(self.answer(chat)))
+        return WholeAnswer(echo_deltas(chat))
+
+
+def echo_deltas(chat) -> list:
+    """The whole answer as deltas: reasoning, then text or a tool call, usage, finish."""
+    text = answered_text(chat.turns)
+    deltas = [Delta("reasoning", f"The user wrote {len(text.split())} words; I repeat them.")] \
+        if chat.thinking else []
+    call = tool_call(chat, text)
+    if call is not None:
+        deltas.append(Delta("tool_call", call))
+        answer, finish = call["arguments"], Finish("tool_calls")
+    else:
+        answer, finish = json_answer(chat.response_format, text), Finish("stop")
+        deltas += [Delta("text", piece) for piece in pieces(answer)]
+    prompt, completion = estimate_tokens(chat), max(1, (len(answer) + 3) // 4)
+    deltas.append(Delta("usage", {"prompt_tokens": prompt, "completion_tokens": completion,
+                                  "total_tokens": prompt + completion}))
+    return deltas + [Delta("finish", finish)]
+
+
+def paced(deltas: list):
+    """Yield deltas with ECHO_WORD_DELAY between the pieces of content."""
+    started = False
+    for delta in deltas:
+        if delta.kind in ("text", "tool_call", "reasoning"):
+            if started:
+                time.sleep(ECHO_WORD_DELAY)
+            started = True
+        yield delta
+
+
+def answered_text(turns: list) -> str:
+    """What echo repeats: the trailing tool results' text, else the last user turn's text with
+    a note per file."""
+    results = []
+    for turn in reversed(turns):
+        if turn.role != "tool":
+            break
+        results.insert(0, turn.text)
+    if results:
+        return "\n".join(results)
+    turn = next((t for t in reversed(turns) if t.role == "user"), Turn("user", ""))
+    text = turn.text
+    for file in turn.files:
+        text += f"\n\n(received {file.filename or 'a file'}, {file.mime_type}, {file.size} bytes)"
+    return text.strip()
+
+
+def pieces(text: str) -> list:
+    """text in at most ECHO_PIECES pieces of whole words (one word each while it is short)."""
+    words = WORDS.findall(text) or [text]
+    size = -(-len(words) // ECHO_PIECES)  # words per piece, rounded up
+    return ["".join(words[i:i + size]) for i in range(0, len(words), size)]
+
+
+def json_answer(response_format: dict | None, text: str) -> str:
+    """The answer's text: text itself, or in JSON mode a JSON object made from it."""
+    kind = (response_format or {}).get("type")
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        value = placeholder(schema, text) if isinstance(schema, dict) else {"echo": text}
+        return json.dumps(value, ensure_ascii=False)
+    if kind == "json_object":
+        return json.dumps({"echo": text}, ensure_ascii=False)
+    return text
+
+
+def tool_call(chat, text: str) -> dict | None:
+    """The call a `/tool NAME {json}` text asks for, when the request offers tools."""
+    match = TOOL_COMMAND.match(text)
+    if not match or not chat.tools or chat.tool_choice == "none":
+        return None
+    name, raw = match.group(1), match.group(2).strip() or "{}"
+    offered = [t["function"]["name"] for t in chat.tools]
+    if name not in offered:
+        raise ClientError(f"echo: /tool {name}: the request offers no tool of that name "
+                          f"(it offers {', '.join(offered)})")
+    try:
+        arguments = json.loads(raw)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ClientError(f"echo: /tool {name}: the arguments must be a JSON object, "
+                          "e.g. /tool get_weather {\"city\": \"Paris\"}")
+    return {"index": 0, "id": "call_" + uuid.uuid4().hex[:24], "name": name,
+            "arguments": json.dumps(arguments, ensure_ascii=False), "signature": None}
