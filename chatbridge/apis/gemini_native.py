@@ -1,8 +1,15 @@
-"""Google's Gemini REST API passed through with the key pool, under /v1beta (and under /v1,
-which recent google-genai releases use): generateContent, streamGenerateContent (SSE with
-alt=sse, else one JSON array), countTokens, a model, the model list. Bodies and answers pass
-unchanged, thought signatures included; the client's own key (`key=` or x-goog-api-key) is
-its ChatBridge access token and never goes upstream.
+"""Google's Gemini REST API under /v1beta (and under /v1, which recent google-genai releases
+use): generateContent, streamGenerateContent (SSE with alt=sse, else one JSON array),
+countTokens, a model, the model list. The client's own key (`key=` or x-goog-api-key) is its
+ChatBridge access token and never goes upstream.
+
+A model name is resolved as on every API (MODEL_ALIASES, then routing; a model nobody serves
+is a 404 listing the available ones). For a Gemini model the call passes through with the key
+pool: bodies and answers unchanged, thought signatures included. Any other model (the built-in
+echo, a model of the OpenAI-compatible upstream) is answered on the neutral path in Gemini's
+wire format (chatbridge/apis/gemini_wire.py), so google-genai works with no Gemini key at all.
+The model list is Gemini's own with echo and the exact aliases first, or only those without
+Gemini keys.
 
 Only the methods in GEMINI_NATIVE_METHODS (generateContent, streamGenerateContent, countTokens
 by default), the model list and a model pass, so no pool key is spent on methods ChatBridge
@@ -15,16 +22,17 @@ answered with (the request's own fault) passes through as Gemini wrote it, keys 
 
 import json
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_access_token
-from ..chat import ChatRequest, Delta
+from ..chat import ChatRequest, Delta, parse_json
 from ..config import Config
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NotFound, UpstreamError
 from ..relay import Cancel
 from ..service import current_service
 from ..sse import StreamWriter, sse
 from ..upstreams import NativeCall
+from . import gemini_wire
 from .common import (
     ANY_METHOD,
     install_error_handler,
@@ -38,6 +46,9 @@ from .common import (
 from .fields import MODEL_NAME
 
 bp = Blueprint("gemini", __name__)
+NEUTRAL_ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
+MODEL_DESCRIPTIONS = {"echo": "ChatBridge's built-in echo model: answers with your last message",
+                      "zju": "served by ChatBridge's OpenAI-compatible upstream"}
 GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                    404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
                    415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -48,13 +59,26 @@ GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMIS
 @bp.route("/v1beta/models/<path:target>", methods=["GET", "POST"])
 @bp.post("/v1/models/<path:target>")
 def gemini_native(target: str):
-    """Gemini's REST call models/{target} through the key pool."""
+    """Gemini's REST call models/{target}: passed through with the key pool for a Gemini
+    model, answered on the neutral path for any other (echo, another upstream's model)."""
     svc = current_service()
-    chat = parse_call(target, request.method, request.args, request.get_data(), svc.config)
+    model, action = parse_target(target, request.method, svc.config)
+    body = check_body(request.get_data(), svc.config) if request.method == "POST" else None
+    if not model:
+        return model_list(svc)
+    provider, routed = svc.providers.resolve(model)
+    if provider != "gemini":
+        return neutral_call(svc, provider, routed, action, body)
+    return pass_through(svc, NativeCall(request.method, routed, action, client_query(), request.get_data()))
+
+
+def pass_through(svc, call: NativeCall):
+    """A Gemini call as the client made it, with a pool key, its answer unchanged."""
+    chat = ChatRequest(shape="native", provider="gemini", model=call.model or "*", turns=[],
+                       stream=call.action == "streamGenerateContent", native=call)
     record = note_request(chat)
     plan, cancel = svc.reserve(chat), Cancel()
     gemini = svc.providers[chat.provider]
-    call = chat.native
     if not chat.stream:
         content, content_type = svc.failover(
             chat, plan, lambda key: gemini.fetch_native(call, key, cancel), cancel, record)
@@ -64,6 +88,52 @@ def gemini_native(target: str):
     writer = GeminiWriter(sse_events=call.query.get("alt") == "sse")
     deltas = (Delta(d.kind, masked_errors(d.value, svc.redactor)) for d in answer.deltas())
     return stream_response(svc.relay(deltas, writer, record, cancel), writer, cancel)
+
+
+def neutral_call(svc, provider: str, model: str, action: str, body: dict | None):
+    """generateContent, streamGenerateContent or countTokens of a model Gemini does not serve,
+    in Gemini's wire format through the neutral path (chatbridge/apis/gemini_wire.py); a GET
+    is the model itself."""
+    if not action:
+        return jsonify(gemini_wire.model_entry(model, MODEL_DESCRIPTIONS.get(provider, "")))
+    if action not in NEUTRAL_ACTIONS:
+        raise NotFound(f"the model {model!r} does not offer :{action} (only "
+                       + ", ".join(NEUTRAL_ACTIONS) + ")")
+    if action == "countTokens":
+        chat = gemini_wire.count_request(body, provider, model, svc.config)
+        note_request(chat)
+        return jsonify(totalTokens=svc.providers[provider].count_tokens(chat, None, Cancel()))
+    stream = action == "streamGenerateContent"
+    chat = gemini_wire.parse_generate(body, provider, model, stream, svc.config)
+    svc.providers.check_files(provider, chat.turns)
+    record = note_request(chat)
+    plan, cancel = svc.reserve(chat), Cancel()
+    if not stream:
+        answer = svc.complete(chat, plan, cancel, record)
+        return jsonify(gemini_wire.whole_response(answer.deltas, model))
+    answer = svc.stream_answer(chat, plan, cancel, record)
+    writer = gemini_wire.GeminiChunkWriter(model, sse_events=request.args.get("alt") == "sse")
+    return stream_response(svc.relay(answer.deltas(), writer, record, cancel), writer, cancel)
+
+
+def model_list(svc):
+    """models.list: Gemini's own (with a key from the pool) when there are Gemini keys, with
+    echo and the MODEL_ALIASES names first on its first page; else echo and the aliases."""
+    own = [gemini_wire.model_entry(name, MODEL_DESCRIPTIONS.get(provider, ""))
+           for name, provider in svc.providers.neutral_models()]
+    if not svc.config.gemini_keys:
+        return jsonify(models=own)
+    response = pass_through(svc, NativeCall("GET", "", "", client_query(), b""))
+    listed = parse_json(response.get_data())
+    if request.args.get("pageToken") or not isinstance(listed, dict):
+        return response
+    listed["models"] = own + (listed.get("models") if isinstance(listed.get("models"), list) else [])
+    return jsonify(listed)
+
+
+def client_query() -> dict:
+    """The query to pass on: the client's own key (key=) stays here."""
+    return {k: v for k, v in request.args.items() if k != "key"}
 
 
 def masked_errors(payload, redactor):
@@ -85,9 +155,9 @@ def unknown(rest: str):
     raise unknown_url()
 
 
-def parse_call(target: str, method: str, query: dict, body: bytes, config: Config) -> ChatRequest:
-    """A Gemini REST call (models/{model}:{action}, a model, or the list) for the key pool;
-    the client's own key (a key= query parameter) is never passed on."""
+def parse_target(target: str, method: str, config: Config) -> tuple:
+    """(model, action) of models/{model}:{action}, a model, or the list ("", ""); a 404 for
+    anything else and for an action GEMINI_NATIVE_METHODS leaves out."""
     model, _, action = target.partition(":")
     segments = model.split("/") if model else []
     if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
@@ -96,16 +166,10 @@ def parse_call(target: str, method: str, query: dict, body: bytes, config: Confi
     if action and action not in config.gemini_native_methods:
         raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
                        + ", ".join(config.gemini_native_methods))
-    if method == "POST":
-        check_body(body, config)
-    if not config.gemini_keys:
-        raise ModelNotFound("Gemini models are served with ALL_GEMINI_API_KEYS, which is not set")
-    call = NativeCall(method, model, action, {k: v for k, v in query.items() if k != "key"}, body)
-    return ChatRequest(shape="native", provider="gemini", model=model or "*", turns=[],
-                       stream=action == "streamGenerateContent", native=call)
+    return model, action
 
 
-def check_body(body: bytes, config: Config) -> None:
+def check_body(body: bytes, config: Config) -> dict:
     """A body is passed on as sent, but only a JSON object within the bounds (MAX_JSON_VALUES,
     MAX_JSON_DEPTH) spends a pool key: anything else is our own 400 or 413."""
     refuse_many_values(body, config.max_json_values)
@@ -119,6 +183,7 @@ def check_body(body: bytes, config: Config) -> None:
     if not isinstance(parsed, dict):
         raise ClientError("the body must be a JSON object")
     refuse_deep_nesting(parsed, config.max_json_depth)
+    return parsed
 
 
 def render_error(error: ChatBridgeError) -> tuple:
