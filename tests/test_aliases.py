@@ -104,3 +104,16 @@ def test_an_unknown_name_gets_each_apis_error_listing_the_models(keyless, model,
     for message in (api.json["error"], v1.json["error"]["message"], v1beta.json["error"]["message"]):
         assert all(part in message for part in says), message
         assert not any(part in message for part in not_says), message
+
+
+def test_googles_api_lists_echo_first_and_keeps_geminis_catalogue(aliased, gemini, openai):
+    names = [m["name"] for m in aliased.get("/v1beta/models").json["models"]]
+    assert names[:2] == ["models/echo", "models/my-echo"] and "models/gemini-2.5-flash" in names
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+    learnlm = aliased.post("/v1beta/models/learnlm-2.0-flash:generateContent", json=body)
+    assert learnlm.status_code == 200, "a name only the catch-all claims is Gemini's here"
+    other = aliased.post("/v1beta/models/zju/deepseek-v3:generateContent", json=body)
+    assert other.json["candidates"][0]["content"]["parts"] == [{"text": "You said: hello"}]
+    assert [r.path for r in gemini.requests if r.method == "POST"] == [
+        "/v1beta/models/learnlm-2.0-flash:generateContent"]
+    assert [r.json["model"] for r in openai.requests if r.method == "POST"] == ["deepseek-v3"]

@@ -4,12 +4,13 @@ countTokens, a model, the model list. The client's own key (`key=` or x-goog-api
 ChatBridge access token and never goes upstream.
 
 A model name is resolved as on every API (MODEL_ALIASES, then routing; a model nobody serves
-is a 404 listing the available ones). For a Gemini model the call passes through with the key
-pool: bodies and answers unchanged, thought signatures included. Any other model (the built-in
-echo, a model of the OpenAI-compatible upstream) is answered on the neutral path in Gemini's
-wire format (chatbridge/apis/gemini_wire.py), so google-genai works with no Gemini key at all.
-The model list is Gemini's own with echo and the exact aliases first, or only those without
-Gemini keys.
+is a 404 listing the available ones), except that a name only the catch-all provider claims
+goes to Gemini while there are Gemini keys (Google's catalogue has learnlm-..., imagen-...).
+For a Gemini model the call passes through with the key pool: bodies and answers unchanged,
+thought signatures included. Any other model (the built-in echo, a `zju/` model of the
+OpenAI-compatible upstream) is answered on the neutral path in Gemini's wire format
+(chatbridge/apis/gemini_wire.py), so google-genai works with no Gemini key at all. The model
+list is Gemini's own with echo and the exact aliases first, or only those without Gemini keys.
 
 Only the methods in GEMINI_NATIVE_METHODS (generateContent, streamGenerateContent, countTokens
 by default), the model list and a model pass, so no pool key is spent on methods ChatBridge
@@ -66,7 +67,7 @@ def gemini_native(target: str):
     body = check_body(request.get_data(), svc.config) if request.method == "POST" else None
     if not model:
         return model_list(svc)
-    provider, routed = svc.providers.resolve(model)
+    provider, routed = svc.providers.resolve(model, prefer="gemini")
     if provider != "gemini":
         return neutral_call(svc, provider, routed, action, body)
     return pass_through(svc, NativeCall(request.method, routed, action, client_query(), request.get_data()))

@@ -196,7 +196,10 @@ def parse_tools(raw: Any, config: Config) -> list:
         return []
     if not isinstance(raw, list):
         raise ClientError("'tools' must be a list of {functionDeclarations: [...]}")
-    declarations = [d for tool in raw for d in (get(tool, "functionDeclarations") or [])]
+    lists = [get(tool, "functionDeclarations") or [] for tool in raw]
+    if not all(isinstance(declarations, list) for declarations in lists):
+        raise ClientError("'tools[].functionDeclarations' must be a list")
+    declarations = [d for declarations in lists for d in declarations]
     bounded(declarations, "tools", "function declarations", config.max_tools, "MAX_TOOLS")
     tools = []
     for declaration in declarations:
@@ -224,7 +227,7 @@ def parse_tool_choice(body: dict) -> Any:
     """toolConfig.functionCallingConfig as OpenAI's tool_choice."""
     config = get(get(body, "toolConfig"), "functionCallingConfig") or {}
     mode, allowed = str(get(config, "mode") or "AUTO").upper(), get(config, "allowedFunctionNames")
-    if mode == "ANY" and isinstance(allowed, list) and len(allowed) == 1:
+    if mode == "ANY" and isinstance(allowed, list) and len(allowed) == 1 and isinstance(allowed[0], str):
         return {"type": "function", "function": {"name": allowed[0]}}
     return {"NONE": "none", "ANY": "required"}.get(mode, "auto")
 

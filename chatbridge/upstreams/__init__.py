@@ -59,12 +59,22 @@ class Registry:
         """The model a MODEL_ALIASES pattern maps name to (the first that matches), or name."""
         return next((model for pattern, model in self.aliases if fnmatchcase(name, pattern)), name)
 
-    def resolve(self, name: str | None) -> tuple:
+    def resolve(self, name: str | None, prefer: str | None = None) -> tuple:
         """(provider name, model) for a requested model (or the default), after its alias;
-        ModelNotFound, listing what is available, when its provider has no keys."""
+        ModelNotFound, listing what is available, when its provider has no keys.
+
+        prefer names the provider whose own API the client speaks (gemini on /v1beta): a name
+        that is no alias and that only the catch-all claims goes there while it has keys, as
+        that API's own catalogue holds names such as learnlm-2.0-flash.
+        """
         requested = (name or self.default_model).strip()
         target = self.aliased(requested)
         provider, model = self.route(target)
+        catch_all = list(self.providers.values())[-1]
+        preferred = self.providers.get(prefer)
+        if preferred is not None and preferred.keys and target == requested and \
+                provider is catch_all and not target.startswith(f"{catch_all.name}/"):
+            provider = preferred
         if provider.needs_keys and not provider.keys:
             raise unknown_model(requested, target, provider, self.meant(target, provider),
                                 self.available(), self.suggestible())
