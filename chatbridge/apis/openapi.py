@@ -420,7 +420,8 @@ V1_CHAT_COMPLETIONS = {"post": {
 
 V1_MODELS = {"get": {
     "operationId": "models",
-    "summary": "echo, the Gemini models the keys can use and the other upstream's models",
+    "summary": "echo, the Gemini models the keys can use, the other upstream's models and the "
+               "MODEL_ALIASES names without wildcards",
     "responses": {
         "200": json_body(obj({"object": {"const": "list"},
                               "data": {"type": "array", "items": ref("Model")}},
