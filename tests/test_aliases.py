@@ -117,3 +117,12 @@ def test_googles_api_lists_echo_first_and_keeps_geminis_catalogue(aliased, gemin
     assert [r.path for r in gemini.requests if r.method == "POST"] == [
         "/v1beta/models/learnlm-2.0-flash:generateContent"]
     assert [r.json["model"] for r in openai.requests if r.method == "POST"] == ["deepseek-v3"]
+
+
+def test_a_name_a_pattern_matches_can_be_retrieved(aliased):
+    assert aliased.get("/v1/models/claude-haiku-4-5").json == {
+        "id": "claude-haiku-4-5", "object": "model", "created": 0, "owned_by": "chatbridge"}
+    assert aliased.get("/v1/models/claude-sonnet-4-5").json["owned_by"] == "google"
+    assert aliased.get("/v1/models/nothing-like-it").status_code == 404
+    google = aliased.get("/v1beta/models/claude-haiku-4-5").json
+    assert google["name"] == "models/claude-haiku-4-5"

@@ -68,6 +68,8 @@ def gemini_native(target: str):
     if not model:
         return model_list(svc)
     provider, routed = svc.providers.resolve(model, prefer="gemini")
+    if not action and provider != "gemini":  # a model's own entry, under the name asked for
+        return jsonify(gemini_wire.model_entry(model, MODEL_DESCRIPTIONS.get(provider, "")))
     if provider != "gemini":
         return neutral_call(svc, provider, routed, action, body)
     return pass_through(svc, NativeCall(request.method, routed, action, client_query(), request.get_data()))
@@ -93,10 +95,7 @@ def pass_through(svc, call: NativeCall):
 
 def neutral_call(svc, provider: str, model: str, action: str, body: dict | None):
     """generateContent, streamGenerateContent or countTokens of a model Gemini does not serve,
-    in Gemini's wire format through the neutral path (chatbridge/apis/gemini_wire.py); a GET
-    is the model itself."""
-    if not action:
-        return jsonify(gemini_wire.model_entry(model, MODEL_DESCRIPTIONS.get(provider, "")))
+    in Gemini's wire format through the neutral path (chatbridge/apis/gemini_wire.py)."""
     if action not in NEUTRAL_ACTIONS:
         raise NotFound(f"the model {model!r} does not offer :{action} (only "
                        + ", ".join(NEUTRAL_ACTIONS) + ")")

@@ -79,6 +79,10 @@ def model(name: str):
     for entry in model_entries():
         if entry["id"] == name:
             return jsonify(entry)
+    registry = current_service().providers
+    if registry.aliased(name) != name:  # a name a MODEL_ALIASES pattern matches exists too
+        provider = registry[registry.resolve(name)[0]]
+        return jsonify(id=name, object="model", created=0, owned_by=provider.owned_by)
     raise ModelNotFound(f"the model {name!r} does not exist")
 
 

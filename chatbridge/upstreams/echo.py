@@ -131,10 +131,10 @@ def tool_call(chat, text: str) -> dict | None:
     if not match or not chat.tools or chat.tool_choice == "none":
         return None
     name, raw = match.group(1), match.group(2).strip() or "{}"
-    offered = [t["function"]["name"] for t in chat.tools]
+    offered = [(t.get("function") or {}).get("name") for t in chat.tools if isinstance(t, dict)]
     if name not in offered:
         raise ClientError(f"echo: /tool {name}: the request offers no tool of that name "
-                          f"(it offers {', '.join(offered)})")
+                          f"(it offers {', '.join(map(str, offered))})")
     try:
         arguments = json.loads(raw)
     except ValueError:
