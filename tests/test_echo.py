@@ -66,8 +66,8 @@ def google_sdk(keyless, request):
 ])
 def test_a_long_paste_streams_whole_in_about_two_seconds(keyless, path, body, text_of):
     text = " ".join(f"word{i}" for i in range(120_000))  # about 1 MB
-    started = time.monotonic()
     response = requests.post(keyless.url + path, json=body(text), stream=True, timeout=TIMEOUT)
+    started = time.monotonic()  # the headers are in: from here on the answer streams
     payloads = [json.loads(d) for d in sse_data(response.content) if d != "[DONE]"]
     elapsed = time.monotonic() - started
     pieces = [t for t in map(text_of, payloads) if t]
@@ -208,6 +208,10 @@ def test_google_sdk_function_call_round_trip_with_echo(google_sdk):
     config = types.GenerateContentConfig(
         tools=[tool], automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
     question = types.Content(role="user", parts=[types.Part(text='/tool get_weather {"city": "Oslo"}')])
+    chunks = list(google_sdk.models.generate_content_stream(model="echo", contents=[question],
+                                                            config=config))
+    assert [(c.name, c.args) for chunk in chunks for c in chunk.function_calls or []] == [
+        ("get_weather", {"city": "Oslo"})]
     answer = google_sdk.models.generate_content(model="echo", contents=[question], config=config)
     [call] = answer.function_calls
     assert (call.name, call.args) == ("get_weather", {"city": "Oslo"})
@@ -216,6 +220,13 @@ def test_google_sdk_function_call_round_trip_with_echo(google_sdk):
     contents = [question, answer.candidates[0].content, result]
     final = google_sdk.models.generate_content(model="echo", contents=contents, config=config)
     assert final.text == "-3 and snowing"
+
+
+def test_google_sdk_gets_a_thought_when_it_asks_for_thoughts(google_sdk):
+    config = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(include_thoughts=True))
+    parts = google_sdk.models.generate_content(model="echo", contents="two words",
+                                               config=config).candidates[0].content.parts
+    assert [bool(p.thought) for p in parts] == [True, False] and parts[1].text == "two words"
 
 
 def test_google_sdk_json_mode_with_a_schema(google_sdk):
