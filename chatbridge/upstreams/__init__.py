@@ -44,6 +44,11 @@ class Registry:
     def __getitem__(self, name: str) -> Provider:
         return self.providers[name]
 
+    @property
+    def catch_all(self) -> Provider:
+        """The last provider, which claims every name the others do not."""
+        return list(self.providers.values())[-1]
+
     def keyed(self) -> list:
         """The providers that answer with keys from a pool, in registry order."""
         return [p for p in self.providers.values() if p.needs_keys]
@@ -70,10 +75,9 @@ class Registry:
         requested = (name or self.default_model).strip()
         target = self.aliased(requested)
         provider, model = self.route(target)
-        catch_all = list(self.providers.values())[-1]
         preferred = self.providers.get(prefer)
         if preferred is not None and preferred.keys and target == requested and \
-                provider is catch_all and not target.startswith(f"{catch_all.name}/"):
+                provider is self.catch_all and not target.startswith(f"{provider.name}/"):
             provider = preferred
         if provider.needs_keys and not provider.keys:
             raise unknown_model(requested, target, provider, self.meant(target, provider),
@@ -84,7 +88,7 @@ class Registry:
         """Whether a name clearly asks for this provider: its prefix, a name it claims before
         the catch-all (the last provider), or its default model."""
         prefixed = name.partition("/")[0] == provider.name
-        specific = provider is not list(self.providers.values())[-1]
+        specific = provider is not self.catch_all
         return prefixed or specific or name == provider.default_model
 
     def available(self) -> list:
