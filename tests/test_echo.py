@@ -81,6 +81,19 @@ def test_a_short_text_still_streams_word_by_word(keyless):
     assert [p.get("text") for p in payloads[:-1]] == ["one ", "two ", "three"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_over_max_tokens_is_cut_with_finish_length(openai_sdk, stream):
+    params = {"model": "echo", "max_tokens": 2, "messages": [{"role": "user", "content": "hello brave new world"}]}
+    if stream:
+        chunks = list(openai_sdk.chat.completions.create(stream=True, **params))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = openai_sdk.chat.completions.create(**params).choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+    assert (text, finish) == ("hello br", "length")
+
+
 # ---------------------------------------------------------------- JSON mode
 
 
@@ -186,6 +199,9 @@ def test_google_sdk_generates_streams_and_counts_with_echo(google_sdk):
     whole = google_sdk.models.generate_content(model="echo", contents="hello there", config=config)
     assert whole.text == "hello there"
     assert whole.candidates[0].finish_reason == types.FinishReason.STOP
+    cut = google_sdk.models.generate_content(model="echo", contents="hello there",
+                                             config=types.GenerateContentConfig(max_output_tokens=1))
+    assert (cut.text, cut.candidates[0].finish_reason) == ("hell", types.FinishReason.MAX_TOKENS)
     assert whole.usage_metadata.total_token_count == (whole.usage_metadata.prompt_token_count
                                                       + whole.usage_metadata.candidates_token_count)
     chunks = list(google_sdk.models.generate_content_stream(model="echo", contents="hello brave world"))

@@ -17,7 +17,9 @@ Rules:
   not offer, or arguments that are not a JSON object, is a 400 naming the offered tools,
   raised before the answer starts.
 - Reasoning: when the request asks for it (thinking true), a one-line thought comes first.
-- Usage: the prompt is estimate_tokens(chat); the answer about four characters per token.
+- Usage: the prompt is estimate_tokens(chat); the answer CHARS_PER_TOKEN characters a token.
+  An answer longer than max_tokens such tokens is cut there and finishes with length, as a
+  model's would (JSON too); a tool call is never cut.
 """
 
 import json
@@ -34,6 +36,7 @@ from .placeholder import placeholder
 ECHO_WORD_DELAY = 0.02  # seconds between pieces, so the echo visibly streams
 ECHO_SECONDS = 2.0  # the longest an echoed answer streams
 ECHO_PIECES = 90  # at most this many pieces: 90 × 20 ms stays under ECHO_SECONDS
+CHARS_PER_TOKEN = 4  # as estimate_tokens counts a prompt
 WORDS = re.compile(r"\s*\S+\s*")
 TOOL_COMMAND = re.compile(r"/tool\s+(\S+)\s*(.*)", re.S)
 
@@ -71,8 +74,11 @@ def echo_deltas(chat) -> list:
         answer, finish = call["arguments"], Finish("tool_calls")
     else:
         answer, finish = json_answer(chat.response_format, text), Finish("stop")
+        if chat.max_tokens and len(answer) > chat.max_tokens * CHARS_PER_TOKEN:
+            answer, finish = answer[:chat.max_tokens * CHARS_PER_TOKEN], Finish("length")
         deltas += [Delta("text", piece) for piece in pieces(answer)]
-    prompt, completion = estimate_tokens(chat), max(1, (len(answer) + 3) // 4)
+    prompt = estimate_tokens(chat)
+    completion = max(1, -(-len(answer) // CHARS_PER_TOKEN))
     deltas.append(Delta("usage", {"prompt_tokens": prompt, "completion_tokens": completion,
                                   "total_tokens": prompt + completion}))
     return deltas + [Delta("finish", finish)]
