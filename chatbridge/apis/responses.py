@@ -177,11 +177,21 @@ def parse_request(body: dict, config: Config, registry, stored: StoredResponses,
         response_format=parse_text_format(body.get("text")), tools=tools,
         tool_choice=parse_tool_choice(body.get("tool_choice"), tools), include_usage=True,
         thinking=thinking_of(body), empty_answers=True)
+    chat.passthrough = chat_completions_fields(chat, body)
     include = optional(body, "include", list, lambda v: all(isinstance(i, str) for i in v),
                        "a list of strings") or []
     store = optional(body, "store", bool, hint="true or false")
     return ParsedRequest(chat, echo_of(body, chat), custom, namespaces,
                          ENCRYPTED_REASONING in include, store is not False)
+
+
+def chat_completions_fields(chat: ChatRequest, body: dict) -> dict:
+    """The request in Chat Completions' own fields, for an upstream that speaks that API."""
+    fields = {"temperature": chat.temperature, "top_p": chat.top_p, "max_tokens": chat.max_tokens,
+              "tools": chat.tools, "tool_choice": chat.tool_choice,
+              "response_format": chat.response_format,
+              "parallel_tool_calls": body.get("parallel_tool_calls") if chat.tools else None}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def thinking_of(body: dict) -> bool | None:
