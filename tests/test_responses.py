@@ -434,3 +434,17 @@ def test_a_file_id_from_the_upload_cache_is_a_file(server, gemini):
     assert response.output_text == "You said: see"
     assert field(posted(gemini)[0].json["contents"][0]["parts"][1], "inlineData")["data"] == PNG_B64
 
+
+
+@STREAMS
+def test_a_stored_gemini_function_call_keeps_its_signature_for_previous_response_id(server, gemini, stream):
+    gemini.script = lambda r: weather_reply(r, SIGNATURE)
+    params = {"model": "gemini-2.5-flash", "tools": [WEATHER]}
+    first, _ = respond(server, stream, input="What is the weather in Paris?", **params)
+    [call] = items(first, "function_call")
+    assert not items(first, "reasoning"), "without include, no encrypted_content item"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 21}'}
+    second, _ = respond(server, stream, input=[result], previous_response_id=first.id, **params)
+    assert second.output_text == "It is 21 degrees."
+    [called] = posted(gemini)[-1].json["contents"][1]["parts"]
+    assert field(called, "thoughtSignature") == SIGNATURE
