@@ -387,7 +387,7 @@ BAD = [
     ({"input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0]"),
     ({"input": "hi", "tools": "all"}, 400, "'tools'"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": 3}}}, 400, "text.format"),
-    ({"input": "hi", "reasoning": {"effort": "maximal"}}, 400, "reasoning.effort"),
+    ({"input": "hi", "reasoning": {"effort": 3}}, 400, "reasoning.effort"),
     ({"input": "hi", "temperature": 7}, 400, "temperature"),
     ({"input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x.test/a.png"}]}],
@@ -448,3 +448,16 @@ def test_a_stored_gemini_function_call_keeps_its_signature_for_previous_response
     assert second.output_text == "It is 21 degrees."
     [called] = posted(gemini)[-1].json["contents"][1]["parts"]
     assert field(called, "thoughtSignature") == SIGNATURE
+
+
+def test_an_image_from_a_tool_follows_the_results_as_a_user_turn(server, openai):
+    image = {"type": "input_image", "image_url": f"data:image/png;base64,{PNG_B64}"}
+    input_items = [{"role": "user", "content": "Look at dot.png"},
+                   {"type": "function_call", "call_id": "call_view", "name": "view_image",
+                    "arguments": '{"path": "dot.png"}'},
+                   {"type": "function_call_output", "call_id": "call_view", "output": [image]}]
+    response, _ = respond(server, False, model="deepseek-v3-671b", input=input_items)
+    assert response.status == "completed"
+    messages = posted(openai)[-1].json["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
+    assert messages[3]["content"][-1]["image_url"]["url"] == image["image_url"]

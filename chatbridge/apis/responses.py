@@ -199,7 +199,7 @@ def thinking_of(body: dict) -> bool | None:
     allows."""
     reasoning = optional(body, "reasoning", dict, hint="{effort, summary}") or {}
     effort = reasoning.get("effort")
-    if effort is not None and effort not in EFFORTS:
+    if effort is not None and not isinstance(effort, str):  # new efforts come often: not refused
         raise ClientError(f"'reasoning.effort' must be one of {', '.join(EFFORTS)}")
     return False if effort == "none" else None
 

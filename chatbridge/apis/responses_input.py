@@ -10,6 +10,8 @@ reasoning). Rules:
   as the assistant's reasoning; its encrypted_content, when it is ours, holds Gemini's
   thought signatures by call_id). An assistant's reasoning, text and calls in a row are one
   turn. Items of other types (hosted tools' calls, item_reference) are left out and logged.
+  Images and files in tool results (Codex's view_image) follow the results as a user turn,
+  since no upstream takes a file inside a function's result.
 - system and developer messages and `instructions` become the system text, in that order.
 - Images and files come as base64 data: URLs or as a file_id from /api/upload; URLs to fetch
   are refused (400), since ChatBridge fetches nothing on a client's behalf.
@@ -36,6 +38,7 @@ INPUT_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 CALL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool, as the upstream sees it
+TOOL_FILES = "(The files the tool calls above returned.)"
 
 
 class InputReader:
@@ -48,6 +51,7 @@ class InputReader:
         self.system, self.turns, self.skipped = [], [], set()
         self.pending = {"text": [], "calls": [], "reasoning": []}  # the assistant's turn
         self.signatures = {}
+        self.tool_files = []  # files of the tool results in a row, shown after them
 
     def read(self, raw: Any) -> tuple:
         """(system text or None, turns)."""
@@ -62,6 +66,7 @@ class InputReader:
         for index, item in enumerate(items):
             self.item(item, f"input[{index}]")
         self.flush()
+        self.show_tool_files()
         if self.skipped:
             log.info("input items left out (nothing upstream takes them): %s",
                      ", ".join(sorted(self.skipped)))
@@ -74,6 +79,8 @@ class InputReader:
         handlers = {"message": self.message, "function_call": self.function_call,
                     "custom_tool_call": self.function_call, "reasoning": self.reasoning}
         handlers.update(dict.fromkeys(CALL_OUTPUTS, self.call_output))
+        if kind not in CALL_OUTPUTS:
+            self.show_tool_files()
         if kind in handlers:
             handlers[kind](item, where)
         elif isinstance(kind, str):
@@ -116,9 +123,18 @@ class InputReader:
                               "of an earlier item (or of the previous response)")
         self.flush()
         output = item.get("output")
-        text = output if isinstance(output, str) else self.content(output, where, False)[0]
+        text, files = (output, ()) if isinstance(output, str) else self.content(output, where, True)
+        text = text or (f"({len(files)} file(s), shown after the results)" if files else "")
         self.turns.append(Turn("tool", text, tool_call_id=call_id,
                                tool_name=self.call_names[call_id]))
+        self.tool_files += files
+
+    def show_tool_files(self) -> None:
+        """Files in tool results (Codex's view_image) as a user turn after the results, since
+        no upstream takes a file inside a function's result."""
+        if self.tool_files:
+            self.turns.append(Turn("user", TOOL_FILES, tuple(self.tool_files)))
+            self.tool_files = []
 
     def reasoning(self, item: dict, where: str) -> None:
         for name in ("summary", "content"):
@@ -152,7 +168,7 @@ class InputReader:
             elif kind in ("input_image", "input_file") and files_allowed:
                 files.append(self.file(part, f"{where}.content"))
             elif kind in ("input_image", "input_file"):
-                texts.append(f"[{kind} left out]")  # a tool's image: no upstream takes one here
+                texts.append(f"[{kind} left out]")  # in a system or assistant message
             elif kind != "refusal":  # an assistant's refusal is not sent back
                 raise ClientError(f"'{where}.content' may hold only input_text, input_image, "
                                   "input_file and output_text parts")
