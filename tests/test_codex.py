@@ -4,6 +4,7 @@
 answer with a tool call and then with text after the tool's output."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -50,7 +51,7 @@ def codex(server, tmp_path, model, prompt):
     home.mkdir()
     work.mkdir()
     (home / "config.toml").write_text(CONFIG.format(url=server.url, variable=TOKEN_VARIABLE))
-    environ = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "CODEX_HOME": str(home),
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CODEX_HOME": str(home),
                TOKEN_VARIABLE: "any-token-while-access-tokens-is-unset", "NO_COLOR": "1"}
     result = subprocess.run(
         [str(CODEX), "exec", "--skip-git-repo-check", "--sandbox", "danger-full-access",
