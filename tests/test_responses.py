@@ -461,3 +461,13 @@ def test_an_image_from_a_tool_follows_the_results_as_a_user_turn(server, openai)
     messages = posted(openai)[-1].json["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
     assert messages[3]["content"][-1]["image_url"]["url"] == image["image_url"]
+
+
+def test_a_namespace_tools_function_comes_back_with_its_namespace(server, openai):
+    openai.script = lambda r: openai_tool_call_stream("get_weather", [json.dumps(ARGS)], "call_ns")
+    namespace = {"type": "namespace", "name": "weather", "description": "Weather tools.",
+                 "tools": [{k: v for k, v in WEATHER.items()}]}
+    response, _ = respond(server, True, model="deepseek-v3-671b", input="Paris?", tools=[namespace])
+    [call] = items(response, "function_call")
+    assert (call.name, call.namespace, call.call_id) == ("get_weather", "weather", "call_ns")
+    assert [t["function"]["name"] for t in posted(openai)[0].json["tools"]] == ["get_weather"]

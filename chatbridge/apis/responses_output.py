@@ -61,7 +61,8 @@ def response_usage(usage: dict | None) -> dict:
     prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
     details = usage.get("completion_tokens_details") or {}
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": details.get("reasoning_tokens") or 0},
             "total_tokens": usage.get("total_tokens") or prompt + completion}
@@ -197,10 +198,10 @@ class Output:
         """A function_call or custom_tool_call item for a call's first piece."""
         name = piece.get("name") or ""
         call_id = piece.get("id") or new_id("call")
-        if name in self.custom:
-            return {"id": new_id("ctc"), "type": "custom_tool_call", "status": "in_progress",
-                    "call_id": call_id, "name": name, "arguments": ""}
         namespace = {"namespace": self.namespaces[name]} if name in self.namespaces else {}
+        if name in self.custom:
+            return {"id": new_id("ctc"), "type": "custom_tool_call", "call_id": call_id,
+                    "name": name, **namespace, "arguments": ""}
         return {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
                 "call_id": call_id, "name": name, **namespace, "arguments": ""}
 
@@ -240,7 +241,6 @@ class Output:
         parsed = parse_json(arguments)
         text = parsed.get("input") if isinstance(parsed, dict) else None
         item["input"] = text if isinstance(text, str) else arguments
-        item["status"] = "completed"
         return [self.event("response.custom_tool_call_input.delta", **where, delta=item["input"]),
                 self.event("response.custom_tool_call_input.done", **where, input=item["input"])]
 
