@@ -76,6 +76,8 @@ class InputReader:
         if not isinstance(item, dict):
             raise ClientError(f"'{where}' must be an object")
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise ClientError(f"'{where}.type' must name an input item type, such as message")
         handlers = {"message": self.message, "function_call": self.function_call,
                     "custom_tool_call": self.function_call, "reasoning": self.reasoning}
         handlers.update(dict.fromkeys(CALL_OUTPUTS, self.call_output))
@@ -83,10 +85,8 @@ class InputReader:
             self.show_tool_files()
         if kind in handlers:
             handlers[kind](item, where)
-        elif isinstance(kind, str):
-            self.skipped.add(kind)
         else:
-            raise ClientError(f"'{where}.type' must name an input item type, such as message")
+            self.skipped.add(kind)
 
     def message(self, item: dict, where: str) -> None:
         role = item.get("role")
@@ -109,7 +109,7 @@ class InputReader:
             value = optional(item, "input", str, hint="a string") or ""
             arguments = json.dumps({CUSTOM_INPUT: value}, ensure_ascii=False)
         else:
-            arguments = item.get("arguments", "")
+            arguments = item.get("arguments") or ""
             if not isinstance(arguments, str):
                 raise ClientError(f"'{where}.arguments' must be a JSON string")
         self.call_names[call_id] = name
