@@ -78,6 +78,20 @@ class StateStore:
     # platform's rotation (and Render restarts it), which helps only for a problem of its own
     unhealthy_status = 200
 
+    # Stored Responses-API responses (chatbridge/stored_responses.py)
+
+    def save_response(self, response_id: str, record: dict, ttl: float) -> None:
+        """Keep a stored response's record for ttl seconds."""
+        raise NotImplementedError
+
+    def load_response(self, response_id: str) -> dict | None:
+        """A live stored response's record, or None."""
+        raise NotImplementedError
+
+    def delete_response(self, response_id: str) -> bool:
+        """Forget a stored response; False if there was none."""
+        raise NotImplementedError
+
 
 MARK_HORIZON = 25 * 3600.0  # seconds: no rest lasts longer (a day, or a 25-hour day)
 
@@ -179,6 +193,18 @@ class DocumentStore(StateStore):
 
     def load_upload(self, file_id):
         return self.read(f"upload-{file_id}")
+
+    def save_response(self, response_id, record, ttl):
+        def replace_record(doc):
+            doc.clear()
+            doc.update(record)
+        self.update(f"response-{response_id}", replace_record, ttl)
+
+    def load_response(self, response_id):
+        return self.read(f"response-{response_id}")
+
+    def delete_response(self, response_id):
+        return self.delete(f"response-{response_id}")
 
 
 class MemoryStateStore(DocumentStore):

@@ -48,7 +48,7 @@ def open_store(config: Config) -> "StateStore":
     return FileStateStore(config.temp_data_dir, config.upload_cache_bytes)
 
 
-EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-")
+EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-", "response-")
 LOCK_STRIPES = 64  # lock files are never deleted (that breaks a lock), so their number is fixed
 SWEEP_SECONDS = 60.0
 WRITE_RETRY_SECONDS = 5.0  # a failed write costs little, so a freed disk is noticed soon
@@ -423,6 +423,20 @@ class RedisStateStore(StateStore):
     def load_upload(self, file_id):
         record = self.redis.get(f"chatbridge:upload:{file_id}")
         return json.loads(record) if record else None
+
+    @redis_or_memory
+    def save_response(self, response_id, record, ttl):
+        self.redis.set(f"chatbridge:response:{response_id}", json.dumps(record, ensure_ascii=False),
+                       ex=seconds(ttl))
+
+    @redis_or_memory
+    def load_response(self, response_id):
+        record = self.redis.get(f"chatbridge:response:{response_id}")
+        return json.loads(record) if record else None
+
+    @redis_or_memory
+    def delete_response(self, response_id):
+        return self.redis.delete(f"chatbridge:response:{response_id}") > 0
 
     @staticmethod
     def live(marks: dict) -> dict:

@@ -4,6 +4,8 @@ blueprint with an error handler that renders every error in that API's format.
 - source.py: the two source backends' /api/chat shapes A and B, /api/upload, /api/chats
 - ui_stream.py: the Vercel AI SDK's useChat protocol on the same /api/chat
 - openai_chat.py: OpenAI's Chat Completions and model list under /v1
+- responses.py: OpenAI's Responses API under /v1/responses (responses_input.py reads its
+  requests, responses_output.py writes its answers)
 - gemini_native.py: Gemini's own REST API passed through under /v1beta (and /v1); other models
   answer there through gemini_wire.py, Gemini's request and answer shapes on the neutral path
 - admin.py: the operator's /api/keys
@@ -11,8 +13,8 @@ blueprint with an error handler that renders every error in that API's format.
 fields.py validates request fields for all of them; common.py holds their shared plumbing.
 """
 
-from . import admin, gemini_native, openai_chat, openapi, source
+from . import admin, gemini_native, openai_chat, openapi, responses, source
 
-BLUEPRINTS = (source.bp, admin.bp, openai_chat.models_bp, openai_chat.bp, gemini_native.bp,
-              openapi.bp)
+BLUEPRINTS = (source.bp, admin.bp, openai_chat.models_bp, openai_chat.bp, responses.bp,
+              gemini_native.bp, openapi.bp)
 render_default_error = source.render_error  # for URLs no API owns, and the page's routes

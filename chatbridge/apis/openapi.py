@@ -5,9 +5,10 @@ GET /openapi.json (no access token needed, never rate-limited).
   small helpers only spell out what every operation of an API repeats (its error format, its
   statuses, Retry-After on a 429).
 - It covers /api/chat (its three request shapes as oneOf), /api/upload, /api/chats/{chat_id},
-  /api/keys, /v1/chat/completions, /v1/models, /v1/models/{model}, /healthz and itself. The
-  Gemini pass-through (/v1beta, and POST /v1/models/{model}:{method}) is Google's own API
-  and out of its scope; so are the chat page and the catch-alls that answer unknown URLs.
+  /api/keys, /v1/chat/completions, /v1/models, /v1/models/{model}, /v1/responses and
+  /v1/responses/{response_id}, /healthz and itself. The Gemini pass-through (/v1beta, and
+  POST /v1/models/{model}:{method}) is Google's own API and out of its scope; so are the
+  chat page and the catch-alls that answer unknown URLs.
 - tests/test_openapi.py keeps it honest: its paths and methods are exactly the app's routes,
   it validates as OpenAPI 3.1, and schemathesis runs it against a live server.
 """
@@ -458,6 +459,76 @@ OPENAPI_JSON = {"get": {
     "responses": {"200": json_body({"type": "object"}, "The OpenAPI 3.1 document")},
 }}
 
+# ---------------------------------------------------------------- OpenAI's Responses API
+
+RESPONSES_REFERENCE = "https://platform.openai.com/docs/api-reference/responses"
+SCHEMAS.update({
+    "ResponseRequest": obj({
+        "model": MODEL,
+        "input": {"description": "A string, or input items: message (input_text, input_image, "
+                                 "input_file, output_text parts), function_call, "
+                                 "function_call_output, custom_tool_call, "
+                                 "custom_tool_call_output, reasoning; at most MAX_TURNS",
+                  "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "instructions": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "tools": {"type": "array", "items": {"type": "object"},
+                  "description": "function and custom tools (a namespace's too); hosted tools "
+                                 "such as web_search are left out"},
+        "tool_choice": {}, "parallel_tool_calls": {"type": "boolean"},
+        "temperature": TEMPERATURE, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_output_tokens": POSITIVE,
+        "text": obj({"format": {"type": "object"}}),
+        "reasoning": obj({"effort": {"type": "string"}, "summary": {"type": "string"}}),
+        "store": {"type": "boolean", "description": "Keep the response for CHAT_TTL_HOURS "
+                                                    "(default true)"},
+        "previous_response_id": {"type": "string"},
+        "include": {"type": "array", "items": {"type": "string"}},
+    }, ("input",), description="OpenAI's Responses request, as ChatBridge takes it; unknown "
+                               f"fields are ignored. See {RESPONSES_REFERENCE}"),
+    "Response": obj({
+        "id": {"type": "string", "pattern": "^resp_"}, "object": {"const": "response"},
+        "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+        "output": {"type": "array", "items": obj({"type": {"type": "string"}}, ("type",))},
+        "usage": {"type": ["object", "null"]},
+    }, ("id", "object", "status", "output"), description="OpenAI's response object"),
+})
+RESPONSE_ID = [{"name": "response_id", "in": "path", "required": True,
+                "schema": {"type": "string"}}]
+RESPONSE_EVENT = obj({"type": {"type": "string"}, "sequence_number": {"type": "integer"}},
+                     ("type", "sequence_number"))
+
+V1_RESPONSES = {"post": {
+    "operationId": "create_response",
+    "summary": "OpenAI's Responses API over the key pool (what Codex CLI speaks)",
+    "description": f"As OpenAI documents it: {RESPONSES_REFERENCE}",
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": ref("ResponseRequest"),
+        "example": {"model": "echo", "input": "Hello!", "instructions": "Be brief."}}}},
+    "responses": {
+        "200": {"description": "A response object, or with stream: true its typed events",
+                "content": {"application/json": {"schema": ref("Response")},
+                            SSE: sse_events(
+                                "`event: <type>` and `data: <json>` pairs with sequence_number: "
+                                "response.created ... response.completed (or .incomplete; "
+                                "error and response.failed after a failure)", RESPONSE_EVENT)}},
+        **openai_errors(400, 401, 404, 408, 413, 415, 429, 500, 502, 503),
+    },
+}}
+
+V1_RESPONSE = {
+    "get": {"operationId": "get_response", "summary": "A stored response of this token",
+            "parameters": RESPONSE_ID,
+            "responses": {"200": json_body(ref("Response"), "The response"),
+                          **openai_errors(401, 404, 429)}},
+    "delete": {"operationId": "delete_response", "summary": "Forget a stored response",
+               "parameters": RESPONSE_ID,
+               "responses": {"200": json_body(obj({"id": {"type": "string"},
+                                                   "deleted": {"const": True}},
+                                                  ("id", "deleted")), "Forgotten"),
+                             **openai_errors(401, 404, 429)}},
+}
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {
@@ -466,7 +537,8 @@ DOCUMENT = {
         "description": (
             "A backend between chat frontends and LLM APIs, with a pool of upstream keys. "
             "/api speaks the source backends' shapes and the Vercel AI SDK's useChat; /v1 "
-            "speaks OpenAI's Chat Completions. With ACCESS_TOKENS set, both need one of those "
+            "speaks OpenAI's Chat Completions and Responses APIs. "
+            "With ACCESS_TOKENS set, both need one of those "
             "tokens as a bearer token (open while it is unset); GET /api/keys needs the "
             "ADMIN_TOKEN. Out of scope here: the Gemini pass-through under /v1beta (and POST "
             "/v1/models/{model}:{method}), which is Google's own REST API, documented by Google."),
@@ -480,6 +552,8 @@ DOCUMENT = {
         "/v1/chat/completions": V1_CHAT_COMPLETIONS,
         "/v1/models": V1_MODELS,
         "/v1/models/{model}": V1_MODEL,
+        "/v1/responses": V1_RESPONSES,
+        "/v1/responses/{response_id}": V1_RESPONSE,
         "/healthz": HEALTHZ,
         "/openapi.json": OPENAPI_JSON,
     },
