@@ -80,6 +80,13 @@ def index():
                    providers=key_counts(), default_model=config.default_model)
 
 
+@page.get("/admin")
+def admin_page():
+    """The operator's page (templates/admin.html): it holds no data, so it needs no token;
+    its script calls the admin API (chatbridge/apis/admin.py) with ADMIN_TOKEN."""
+    return render_template("admin.html")
+
+
 @page.get("/healthz")
 def healthz():
     """{"status": "ok", "providers": {name: number of keys}}; never a key. While the state store
