@@ -51,9 +51,13 @@ export function clock(time, now = new Date()) {
   return time.toLocaleString(undefined, options);
 }
 
-/** "5 minutes ago", "in 2 hours". */
-export function fromNow(time, now = new Date()) {
-  const seconds = (time.getTime() - now.getTime()) / 1000;
+/**
+ * "5 minutes ago", "in 2 hours". A time that has passed (past: true) but is a little ahead of
+ * this browser's clock reads "now".
+ */
+export function fromNow(time, now = new Date(), { past = false } = {}) {
+  const ahead = (time.getTime() - now.getTime()) / 1000;
+  const seconds = past ? Math.min(ahead, 0) : ahead;
   const steps = [[60, "second"], [3600, "minute"], [86400, "hour"], [Infinity, "day"]];
   let unit = 1;
   for (const [limit, name] of steps) {

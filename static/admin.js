@@ -362,7 +362,7 @@ function setCount(element, value, sub) {
 
 function paintTime(element, iso, none) {
   const time = format.parseTime(iso);
-  element.textContent = time ? format.fromNow(time) : none;
+  element.textContent = time ? format.fromNow(time, new Date(), { past: true }) : none;
   element.title = time ? `${format.clock(time)} (${time.toISOString()})` : "";
 }
 
@@ -417,7 +417,7 @@ function checkText(check, at) {
   const head = ok ? "Works" : `Fails: ${format.reason(check.result)}`;
   return {
     kind: ok ? "ok" : "error", at,
-    text: `${head} · checked ${format.fromNow(at)}`,
+    text: `${head} · checked ${format.fromNow(at, new Date(), { past: true })}`,
     title: [head, message, `checked ${format.clock(at)}`].filter(Boolean).join("\n"),
   };
 }
