@@ -12,6 +12,7 @@ import * as format from "./admin-format.js";
 
 const TOKEN_KEY = "chatbridge.adminToken";
 const REFRESH_MS = 10000;
+const LOAD_TIMEOUT_MS = 15000; // a hung answer must not stop the refreshes
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -79,8 +80,11 @@ function askToken(rejected) {
 
 // ------------------------------------------------------------------ the admin API
 
-/** fetch() with the admin token, asking for it when there is none or it is refused. */
-async function adminFetch(path, init = {}) {
+/**
+ * fetch() with the admin token, asking for it when there is none or it is refused; with
+ * timeout (ms), each try gives up after that long (a TimeoutError).
+ */
+async function adminFetch(path, init = {}, timeout = 0) {
   let rejected = false;
   for (;;) {
     if (!token || rejected) {
@@ -90,7 +94,8 @@ async function adminFetch(path, init = {}) {
     const headers = new Headers(init.headers || {});
     headers.set("Authorization", `Bearer ${token}`);
     headers.set("Accept", "application/json");
-    const response = await fetch(path, { ...init, headers, cache: "no-store" });
+    const signal = timeout ? AbortSignal.timeout(timeout) : undefined;
+    const response = await fetch(path, { ...init, headers, signal, cache: "no-store" });
     if (response.status !== 401) return response;
     rejected = true;
   }
@@ -147,7 +152,7 @@ function schedule() {
 
 async function load() {
   try {
-    const body = await jsonOf(await adminFetch("/api/keys"));
+    const body = await jsonOf(await adminFetch("/api/keys", {}, LOAD_TIMEOUT_MS));
     showNotice(null);
     render(body.providers && typeof body.providers === "object" ? body.providers : {});
     updated = new Date();
@@ -164,9 +169,14 @@ function failed(error) {
     stop("The admin API is off on this server: set ADMIN_TOKEN in its environment and restart it.",
       "Try again");
   } else {
-    const why = error instanceof ApiError ? error.message : "the server could not be reached";
-    setStatus(`Could not refresh: ${why}. Trying again in ${REFRESH_MS / 1000} s.`, "error");
+    setStatus(`Could not refresh: ${problem(error)}. Trying again in ${REFRESH_MS / 1000} s.`, "error");
   }
+}
+
+function problem(error) {
+  if (error instanceof ApiError) return error.message;
+  if (error.name === "TimeoutError") return `the server did not answer within ${LOAD_TIMEOUT_MS / 1000} s`;
+  return "the server could not be reached";
 }
 
 /** Stop refreshing, hide every key, and say why. */
@@ -435,8 +445,7 @@ async function act(row, action) {
     if (body.key && typeof body.key === "object") row.entry = body.key;
   } catch (error) {
     if (error.status === 401) return failed(error);
-    const why = error instanceof ApiError ? error.message : "the server could not be reached";
-    row.result = { kind: "error", at: new Date(), text: why };
+    row.result = { kind: "error", at: new Date(), text: problem(error) };
   } finally {
     row.busy = "";
   }

@@ -21,7 +21,7 @@ REFUSED = re.compile(r"Failed to load resource: the server responded with a stat
 
 # The pixels of a canvas drawn in a colour (an "r g b" CSS hex from the page's variables):
 # how many are that colour, give or take antialiasing.
-COUNT_PIXELS = """([canvas, name]) => {
+COUNT_PIXELS = """(canvas, name) => {
   const hex = getComputedStyle(canvas).getPropertyValue(name).trim();
   const want = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
   const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
@@ -302,3 +302,4 @@ def test_screenshots(signed_in, page, server, gemini):
         path = SCREENSHOTS / f"admin-{name}-{scheme}.png"
         page.screenshot(path=path, animations="disabled", caret="hide", full_page=name == "desktop")
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size < SCREENSHOT_LIMIT
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"]
