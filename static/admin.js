@@ -505,7 +505,11 @@ function wire() {
   ui.tokenForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const value = ui.tokenInput.value.trim();
-    if (value) ui.tokenDialog.close(value);
+    if (/[^\x21-\x7e]/.test(value)) { // fetch() cannot put it in a header
+      ui.tokenWhy.textContent = "A token is letters, digits and ASCII punctuation, without spaces.";
+    } else if (value) {
+      ui.tokenDialog.close(value);
+    }
   });
   ui.tokenCancel.addEventListener("click", () => ui.tokenDialog.close(""));
   ui.refresh.addEventListener("click", () => refresh());

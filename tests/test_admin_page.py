@@ -133,6 +133,9 @@ def test_the_page_asks_for_the_token_once_and_shows_every_key(page, server):
     assert "script-src 'self'" in policy and "style-src 'self'" in policy
     dialog = page.locator("#token-dialog")
     expect(dialog).to_be_visible()
+    page.fill("#token-input", "pasted with a space")  # no header can carry it
+    page.press("#token-input", "Enter")
+    expect(page.locator("#token-why")).to_contain_text("without spaces")
     page.fill("#token-input", "not-the-admin-token")
     page.press("#token-input", "Enter")
     expect(page.locator("#token-why")).to_contain_text("not accepted")
