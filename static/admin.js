@@ -204,6 +204,7 @@ function showNotice(message, action = "") {
   ui.notice.hidden = !message;
   ui.noticeText.textContent = message || "";
   ui.noticeAction.textContent = action;
+  ui.noticeAction.hidden = !action;
 }
 
 // ------------------------------------------------------------------ rendering
