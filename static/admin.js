@@ -125,6 +125,7 @@ let running = false; // refreshing itself: off without a token or while the admi
 let timer = 0;
 let loading = null;
 let again = false; // asked to refresh while a refresh was under way: its answer may be stale
+let stops = 0; // how often the page stopped: an answer asked for before the last stop is dropped
 let updated = null;
 
 function refresh() {
@@ -151,8 +152,10 @@ function schedule() {
 }
 
 async function load() {
+  const asked = stops;
   try {
     const body = await jsonOf(await adminFetch("/api/keys", {}, LOAD_TIMEOUT_MS));
+    if (asked !== stops) return; // the token was forgotten meanwhile
     showNotice(null);
     render(body.providers && typeof body.providers === "object" ? body.providers : {});
     updated = new Date();
@@ -181,6 +184,7 @@ function problem(error) {
 
 /** Stop refreshing, hide every key, and say why. */
 function stop(message, action) {
+  stops += 1;
   running = false;
   clearTimeout(timer);
   clearProviders();
