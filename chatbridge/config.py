@@ -87,6 +87,7 @@ class Config:
     trusted_proxies: int = 0  # proxy hops in front whose X-Forwarded-For entry is believed
     # MODEL_ALIASES: (fnmatch pattern, model) pairs in the order given; the first match wins
     model_aliases: tuple = ()
+    key_check_minutes: float = 30.0  # how often resting invalid keys are checked again; 0: never
 
     @property
     def max_upload_bytes(self) -> int:
@@ -259,7 +260,7 @@ def load_config(environ=None) -> Config:
     problem at once in a ConfigError."""
     settings = Settings(os.environ if environ is None else environ)
     config = Config(**upstream_settings(settings), **service_settings(settings),
-                    **limit_settings(settings))
+                    **limit_settings(settings), **operator_settings(settings))
     if settings.problems:
         raise ConfigError("invalid settings: " + "; ".join(settings.problems))
     return config
@@ -322,4 +323,11 @@ def limit_settings(settings: Settings) -> dict:
         max_json_depth=settings.number("MAX_JSON_DEPTH", Config.max_json_depth, 8, int,
                                        MAX_JSON_DEPTH),
         rate_limit=settings.rate_limit("RATE_LIMIT"),
+    )
+
+
+def operator_settings(settings: Settings) -> dict:
+    """The operator's view: key health checks (issue 12)."""
+    return dict(
+        key_check_minutes=settings.number("KEY_CHECK_MINUTES", Config.key_check_minutes),
     )

@@ -69,6 +69,37 @@ class StateStore:
     def load_upload(self, file_id: str) -> dict | None:
         raise NotImplementedError
 
+    # ---- the operator's view (chatbridge/usage.py, chatbridge/key_checks.py)
+
+    def add_usage(self, increments: dict) -> None:
+        """Add a worker's usage counts in one update: {"days": {provider: {date: {key_id:
+        entry}}}, "minutes": {provider: {epoch minute: {key_id: {requests, failures}}}}},
+        entry being {requests, input_tokens, output_tokens, failures: {class: n}}. Days are
+        kept for USAGE_DAYS, minutes for an hour."""
+        raise NotImplementedError
+
+    def usage(self, provider: str, dates: list, minutes: list) -> dict:
+        """A provider's usage on those dates and epoch minutes: {"days": {date: {key_id:
+        entry}}, "minutes": {minute (str): {key_id: {requests, failures}}}}."""
+        raise NotImplementedError
+
+    def clear_marks(self, provider: str, prefixes: tuple) -> None:
+        """End every rest whose mark name starts with one of prefixes."""
+        raise NotImplementedError
+
+    def note_check(self, provider: str, key_id: str, record: dict) -> None:
+        """Keep a key's last health check {at, result, message}."""
+        raise NotImplementedError
+
+    def checks(self, provider: str) -> dict:
+        """Per key id, its last health check."""
+        raise NotImplementedError
+
+    def lease(self, name: str, seconds: float) -> bool:
+        """True for the one caller that takes a free lease; it is then held for seconds, by
+        every worker and instance sharing this store."""
+        raise NotImplementedError
+
     def health(self) -> str | None:
         """Why the store cannot keep the shared state now (trying it again when that is due),
         or None while it can."""
@@ -93,6 +124,8 @@ class StateStore:
         raise NotImplementedError
 
 
+USAGE_DAYS = 8  # days of usage kept: the seven shown, and the day a Pacific date trails UTC
+USAGE_MINUTES = 61  # minutes of recent counts kept: the hour shown, and the current minute
 MARK_HORIZON = 25 * 3600.0  # seconds: no rest lasts longer (a day, or a 25-hour day)
 
 
@@ -121,6 +154,27 @@ def count_attempt(stats: dict, error: str | None, new_attempt: bool) -> dict:
         stats["failures"] += 1
         stats["last_error"] = error
     return stats
+
+
+def add_counts(target: dict, counts: dict) -> None:
+    """Add nested counts into target, creating what is missing."""
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            add_counts(target.setdefault(name, {}), value)
+        else:
+            target[name] = (target.get(name) or 0) + value
+
+
+def prune_usage(doc: dict, now: float) -> None:
+    """Drop the days and minutes a usage document no longer shows."""
+    oldest_day = time.strftime("%Y-%m-%d", time.gmtime(now - USAGE_DAYS * 86400))
+    oldest_minute = int(now // 60) - USAGE_MINUTES
+    for days in doc.get("days", {}).values():
+        for date in [d for d in days if d < oldest_day]:
+            del days[date]
+    for minutes in doc.get("minutes", {}).values():
+        for minute in [m for m in minutes if int(m) < oldest_minute]:
+            del minutes[minute]
 
 
 class DocumentStore(StateStore):
@@ -167,6 +221,40 @@ class DocumentStore(StateStore):
             doc["claimed"] = True
             return not taken
         return self.update(f"claim-{name}", take, ttl=86400)
+
+    def add_usage(self, increments):
+        def add(doc):
+            add_counts(doc, increments)
+            prune_usage(doc, time.time())
+        self.update("usage", add)
+
+    def usage(self, provider, dates, minutes):
+        doc = self.read("usage") or {}
+        days = doc.get("days", {}).get(provider, {})
+        recent = doc.get("minutes", {}).get(provider, {})
+        return {"days": {d: days[d] for d in dates if d in days},
+                "minutes": {str(m): recent[str(m)] for m in minutes if str(m) in recent}}
+
+    def clear_marks(self, provider, prefixes):
+        def clear(doc):
+            keys_document(doc)
+            doc["marks"] = {n: u for n, u in doc["marks"].items() if not n.startswith(prefixes)}
+        self.update(f"keys-{provider}", clear)
+
+    def note_check(self, provider, key_id, record):
+        self.update(f"checks-{provider}", lambda doc: doc.update({key_id: record}))
+
+    def checks(self, provider):
+        return self.read(f"checks-{provider}") or {}
+
+    def lease(self, name, seconds):
+        def take(doc):
+            now = time.time()
+            if isinstance(doc.get("until"), (int, float)) and doc["until"] > now:
+                return False
+            doc["until"] = now + seconds
+            return True
+        return self.update(f"lease-{name}", take)
 
     def open_chat(self, chat_id, owner, ttl):
         def claim_chat(doc):

@@ -105,6 +105,7 @@ class KeyPool:
         self.provider, self.keys, self.store = provider, provider.keys, store
         self.redactor = redactor  # errors are stored and logged as clients may see them
         self.wait_seconds = wait_seconds
+        self.observe = ignore_attempt  # observe(key, failure or None, new_attempt): metrics, usage
 
     def plan(self, model: str, turn: int | None = None) -> KeyPlan:
         """Order the usable keys from this request's turn (taking a new turn unless given one,
@@ -186,7 +187,7 @@ class KeyPool:
             if key.group in exhausted_groups:
                 continue  # keys of one Google project share its quota
             record.attempts += 1
-            record.key = key.suffix
+            record.key, record.key_id = key.suffix, key.id
             counted = key is plan.counted  # take_turn has counted this attempt already
             try:
                 answer = attempt(key)
@@ -194,6 +195,7 @@ class KeyPool:
                 cancel.check()  # the client left and its upstream was closed: not the key's fault
                 failure.message = self.redactor.public_text(failure.message)
                 self.note_attempt(key, model, failure, new_attempt=not counted)
+                self.observe(key, failure, True)
                 log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,
                             failure.kind, failure.message)
                 if not failure.failover:
@@ -204,6 +206,7 @@ class KeyPool:
                 continue
             if not counted:
                 self.note_attempt(key, model)
+            self.observe(key, None, True)
             return answer
         cancel.check()
         raise self.give_up(model, plan, failures)
@@ -240,6 +243,23 @@ class KeyPool:
         return [key_status(key, marks, stats.get(key.id, {}), now) for key in self.keys]
 
 
+def ignore_attempt(key: ApiKey, failure: UpstreamError | None, new_attempt: bool) -> None:
+    """KeyPool.observe until the service sets its own."""
+
+
+REST_REASONS = {"invalid_key": "invalid", "billing": "billing"}  # of an invalid mark
+
+
+def rest_reason(state: str, last_error: str | None) -> str | None:
+    """Why a key rests: rate_limited while it cools; invalid or billing as its last error
+    (the one that rested it, or its last failed check) says."""
+    if state == "cooling":
+        return "rate_limited"
+    if state == "invalid":
+        return REST_REASONS.get((last_error or "").partition(":")[0], "invalid")
+    return None
+
+
 def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
     """One key's entry in GET /api/keys."""
     prefix = quota_mark(key, "")
@@ -247,10 +267,12 @@ def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
     cooling = {name[len(prefix):]: iso_time(until) for name, until in marks.items()
                if name.startswith(prefix) and until > now}
     invalid = marks.get(invalid_mark(key), 0)
+    state = "invalid" if invalid > now else "cooling" if cooling else "ok"
     return {
         "key": key.suffix,
         "group": key.group.removeprefix("group:") if key.group.startswith("group:") else None,
-        "state": "invalid" if invalid > now else "cooling" if cooling else "ok",
+        "state": state,
+        "reason": rest_reason(state, counters.get("last_error")),
         "cooling_until": cooling,
         "invalid_until": iso_time(invalid) if invalid > now else None,
         "requests": counters.get("requests", 0),

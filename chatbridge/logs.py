@@ -97,6 +97,8 @@ class RequestLog:
     provider: str = "-"
     model: str = "-"
     key: str = "-"
+    key_id: str | None = None  # the key's fingerprint, for per-key usage and metrics
+    usage: dict | None = None  # the upstream's usage of the answer (OpenAI's shape), if it said
     attempts: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)

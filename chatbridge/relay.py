@@ -186,6 +186,8 @@ def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Ca
                     texts.append(item.value)
                 elif item.kind == "finish":
                     finish = item.value
+                elif item.kind == "usage":
+                    record.usage = item.value
             yield b"".join(map(writer.event, batch))
         if on_success and finish in COMPLETE_FINISHES:
             on_success("".join(texts))

@@ -6,6 +6,7 @@ the answer with failover (keys.py), or from a provider that needs no key.
 """
 
 import time
+from functools import partial
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,8 +16,10 @@ from .chat import ChatRequest
 from .config import ECHO_MODEL, Config
 from .conversations import Conversations
 from .errors import ChatBridgeError, UpstreamError
+from .key_checks import KeyChecker
 from .keys import KeyPlan, KeyPool
 from .logs import RequestLog, log
+from .metrics import Metrics
 from .redaction import Redactor
 from .relay import Answer, Cancel, relay
 from .sse import StreamWriter
@@ -24,6 +27,7 @@ from .state import open_store
 from .transport import Transport
 from .upstreams import Registry
 from .upstreams.base import WholeAnswer
+from .usage import UsageBook, failure_class
 
 MODEL_LIST_SECONDS = 600.0  # how long an upstream's model list is cached
 FAILED_LIST_SECONDS = 60.0  # a failed one is tried again sooner
@@ -47,6 +51,29 @@ class Service:
                       for p in self.providers.keyed()}
         self.conversations = Conversations(self.store, config)
         self.models_cache = {}
+        self.watch_keys()
+
+    def watch_keys(self) -> None:
+        """The operator's view (issue 12): metrics, per-key usage and key health checks."""
+        self.metrics = Metrics(self.pools)
+        self.usage = UsageBook(self.store, {p.name: p.quota_zone for p in self.providers.keyed()})
+        self.checker = KeyChecker(self.pools, self.store, self.config.key_check_minutes)
+        for name, pool in self.pools.items():
+            pool.observe = partial(self.attempt_done, name)
+
+    def attempt_done(self, provider: str, key, failure: UpstreamError | None,
+                     new_attempt: bool) -> None:
+        """Count an upstream attempt in the metrics and the key's usage (in memory)."""
+        result = failure_class(failure) if failure is not None else "ok"
+        self.usage.attempt(provider, key.id, result, new_attempt)
+        if new_attempt:
+            self.metrics.attempt(provider, key, result)
+
+    def request_done(self, record: RequestLog, status: int) -> None:
+        """Count a finished request in the metrics, and its tokens in its key's usage."""
+        self.metrics.request_done(record, status)
+        if record.usage and record.key_id:
+            self.usage.tokens(record.provider, record.key_id, record.usage)
 
     def resume(self, chat: ChatRequest, owner: str) -> None:
         """Put a chat_id conversation's stored turns first, and check its files again."""
@@ -85,6 +112,7 @@ class Service:
         failure.message = self.redactor.public_text(failure.message)
         if not cancel.cancelled:
             self.pools[chat.provider].note_attempt(key, chat.model, failure, new_attempt=False)
+            self.pools[chat.provider].observe(key, failure, False)
 
     def complete(self, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                  record: RequestLog) -> WholeAnswer:
@@ -92,8 +120,10 @@ class Service:
         provider = self.providers[chat.provider]
         if plan is None:
             return provider.fetch_answer(chat, None, cancel)
-        return self.failover(chat, plan, lambda key: provider.fetch_answer(chat, key, cancel),
-                             cancel, record)
+        answer = self.failover(chat, plan, lambda key: provider.fetch_answer(chat, key, cancel),
+                               cancel, record)
+        record.usage = next((d.value for d in answer.deltas if d.kind == "usage"), None)
+        return answer
 
     def relay(self, source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Cancel,
               on_success: Callable | None = None) -> Iterator:

@@ -34,7 +34,8 @@ import redis
 from filelock import FileLock
 
 from .config import Config
-from .documents import DocumentStore, MemoryStateStore, StateStore, live_mark
+from .documents import (USAGE_DAYS, USAGE_MINUTES, DocumentStore, MemoryStateStore, StateStore,
+                        live_mark)
 from .errors import InsufficientStorage
 from .logs import log
 
@@ -438,11 +439,88 @@ class RedisStateStore(StateStore):
     def delete_response(self, response_id):
         return self.redis.delete(f"chatbridge:response:{response_id}") > 0
 
+    @redis_or_memory
+    def add_usage(self, increments):
+        pipe = self.redis.pipeline(transaction=False)
+        for provider, days in increments.get("days", {}).items():
+            for date, keys in days.items():
+                name = f"chatbridge:usage:{provider}:{date}"
+                for field_name, count in usage_fields(keys).items():
+                    pipe.hincrby(name, field_name, count)
+                pipe.expire(name, USAGE_DAYS * 86400)
+        for provider, minutes in increments.get("minutes", {}).items():
+            for minute, keys in minutes.items():
+                name = f"chatbridge:minutes:{provider}:{minute}"
+                for field_name, count in usage_fields(keys).items():
+                    pipe.hincrby(name, field_name, count)
+                pipe.expire(name, USAGE_MINUTES * 60)
+        pipe.execute()
+
+    @redis_or_memory
+    def usage(self, provider, dates, minutes):
+        pipe = self.redis.pipeline(transaction=False)
+        for date in dates:
+            pipe.hgetall(f"chatbridge:usage:{provider}:{date}")
+        for minute in minutes:
+            pipe.hgetall(f"chatbridge:minutes:{provider}:{minute}")
+        found = pipe.execute()
+        days, recent = found[:len(dates)], found[len(dates):]
+        return {"days": {d: usage_entries(f) for d, f in zip(dates, days, strict=True) if f},
+                "minutes": {str(m): usage_entries(f)
+                            for m, f in zip(minutes, recent, strict=True) if f}}
+
+    @redis_or_memory
+    def clear_marks(self, provider, prefixes):
+        name = f"chatbridge:marks:{provider}"
+        ended = [mark for mark in self.redis.hkeys(name) if mark.startswith(prefixes)]
+        if ended:
+            self.redis.hdel(name, *ended)
+
+    @redis_or_memory
+    def note_check(self, provider, key_id, record):
+        self.redis.hset(f"chatbridge:checks:{provider}", key_id, json.dumps(record))
+
+    @redis_or_memory
+    def checks(self, provider):
+        return {key_id: json.loads(record) for key_id, record in
+                self.redis.hgetall(f"chatbridge:checks:{provider}").items()}
+
+    @redis_or_memory
+    def lease(self, name, seconds):
+        return bool(self.redis.set(f"chatbridge:lease:{name}", "1", nx=True,
+                                   px=max(1, int(seconds * 1000))))
+
     @staticmethod
     def live(marks: dict) -> dict:
         now = time.time()
         parsed = {name: float(until) for name, until in marks.items()}
         return {name: until for name, until in parsed.items() if live_mark(until, now)}
+
+
+def usage_fields(keys: dict) -> dict:
+    """Usage counts per key id as flat hash fields: `{key_id}|requests`,
+    `{key_id}|failures|rate_limited` ..."""
+    fields = {}
+    for key_id, entry in keys.items():
+        for name, value in entry.items():
+            if isinstance(value, dict):
+                fields.update({f"{key_id}|{name}|{cls}": n for cls, n in value.items()})
+            else:
+                fields[f"{key_id}|{name}"] = value
+    return fields
+
+
+def usage_entries(fields: dict) -> dict:
+    """Flat hash fields back as usage counts per key id."""
+    keys = {}
+    for field_name, value in fields.items():
+        key_id, name, *cls = field_name.split("|")
+        entry = keys.setdefault(key_id, {})
+        if cls:
+            entry.setdefault(name, {})[cls[0]] = int(value)
+        else:
+            entry[name] = int(value)
+    return keys
 
 
 def seconds(ttl: float) -> int:

@@ -64,6 +64,8 @@ def create_app(config: Config | None = None) -> Flask:
     install_rate_limits(app, config, exempt=(page, admin.bp, openapi.bp))
     app.after_request(secure_headers)
     app.after_request(log_when_done)
+    app.before_request(start_key_checks)
+    app.after_request(count_when_done)
     announce(app.extensions["chatbridge"])
     return app
 
@@ -78,6 +80,13 @@ def index():
                                access_tokens=bool(config.access_tokens))
     return jsonify(message=GREETING["fa"], message_en=GREETING["en"], service="ChatBridge",
                    providers=key_counts(), default_model=config.default_model)
+
+
+@page.get("/admin")
+def admin_page():
+    """The operator's page (templates/admin.html): it holds no data, so it needs no token;
+    its script calls the admin API (chatbridge/apis/admin.py) with ADMIN_TOKEN."""
+    return render_template("admin.html")
 
 
 @page.get("/healthz")
@@ -140,6 +149,28 @@ def log_when_done(response: Response) -> Response:
     response.call_on_close(lambda: log.log(level, record.line(method, path,
                                                               response.status_code)))
     return response
+
+
+def start_key_checks() -> None:
+    """Start this worker's key re-checks on its first request (chatbridge/key_checks.py)."""
+    current_service().checker.start()
+
+
+def count_when_done(response: Response) -> Response:
+    """Count a request in the metrics and its key's usage once its body has been sent, and a
+    stream among the open ones while it is being sent."""
+    service, record = current_service(), g.chat_log
+    streaming = response.is_streamed and response.mimetype == "text/event-stream"
+    if streaming:
+        service.metrics.open_streams.inc()
+    response.call_on_close(lambda: stream_done(service, record, response.status_code, streaming))
+    return response
+
+
+def stream_done(service: Service, record: RequestLog, status: int, streaming: bool) -> None:
+    if streaming:
+        service.metrics.open_streams.dec()
+    service.request_done(record, status)
 
 
 def announce(service: Service) -> None:

@@ -228,6 +228,8 @@ MODEL_ENTRY = obj({"id": {"type": "string"}, "object": {"const": "model"},
                    "created": {"type": "integer"}, "owned_by": {"type": "string"}},
                   ("id", "object", "created", "owned_by"))
 
+FAILURE_CLASS_NAMES = ["rate_limited", "invalid", "billing", "overloaded", "broken", "unreachable",
+                       "rejected"]
 KEY_STATUS = obj({
     "key": {"type": "string", "description": "The key's last four characters"},
     "group": NULLABLE_STRING,
@@ -239,7 +241,27 @@ KEY_STATUS = obj({
     "failures": {"type": "integer"},
     "last_error": NULLABLE_STRING,
     "last_used": NULLABLE_STRING,
-}, ("key", "state", "requests", "failures"))
+    "reason": {"enum": [*FAILURE_CLASS_NAMES, None],
+               "description": "Why the key rests (the failure class), or null"},
+    "today": ref("KeyDay"),
+    "days": {"type": "array", "items": ref("KeyDay"),
+             "description": "The last 7 days that have data, newest first"},
+    "recent": {"type": "array", "minItems": 60, "maxItems": 60, "items": obj({
+        "minute": {"type": "string", "description": "YYYY-MM-DDTHH:MM:00Z"},
+        "requests": {"type": "integer"}, "failures": {"type": "integer"},
+    }, ("minute", "requests", "failures")), "description": "The last hour by minute, oldest first"},
+    "checked": {"oneOf": [{"type": "null"}, ref("KeyCheck")],
+                "description": "The last health check (a model list with the key)"},
+}, ("key", "state", "requests", "failures", "reason", "today", "days", "recent", "checked"))
+FAILURE_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"},
+                  "description": "Failures by class (rate_limited, invalid, billing, ...)"}
+KEY_DAY = obj({
+    "date": {"type": "string", "description": "YYYY-MM-DD: Pacific time for Gemini, else UTC"},
+    "requests": {"type": "integer"}, "failures": FAILURE_COUNTS,
+    "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+}, ("date", "requests", "failures", "input_tokens", "output_tokens"))
+KEY_CHECK = obj({"at": {"type": "string"}, "result": {"enum": ["ok", *FAILURE_CLASS_NAMES]},
+                 "message": {"type": "string"}}, ("result", "message"))
 
 CHUNK = obj({
     "id": {"type": "string"},
@@ -311,6 +333,8 @@ SCHEMAS = {
     "ChatCompletionChunk": CHUNK,
     "Model": MODEL_ENTRY,
     "KeyStatus": KEY_STATUS,
+    "KeyDay": KEY_DAY,
+    "KeyCheck": KEY_CHECK,
 }
 
 # ---------------------------------------------------------------- operations
@@ -395,6 +419,34 @@ API_KEYS = {"get": {
     "responses": {
         "200": json_body(obj({"providers": {"type": "object", "additionalProperties": {
             "type": "array", "items": ref("KeyStatus")}}}, ("providers",)), "Per provider, its keys"),
+        **api_errors(401, 404),
+    },
+}}
+
+KEY_PARAMETERS = [
+    {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": "gemini or zju"},
+    {"name": "suffix", "in": "path", "required": True, "schema": {"type": "string"},
+     "description": "The key's last four characters"},
+]
+API_KEY_RESET = {"post": {
+    "operationId": "reset_key",
+    "summary": "End a key's rests by hand (a rate-limit rest is its whole group's)",
+    "security": [{"adminToken": []}],
+    "parameters": KEY_PARAMETERS,
+    "responses": {
+        "200": json_body(obj({"key": ref("KeyStatus")}, ("key",)), "The key, resting no more"),
+        **api_errors(401, 404),
+    },
+}}
+API_KEY_CHECK = {"post": {
+    "operationId": "check_key",
+    "summary": "Check a key now with a request that spends no generation quota (a model list)",
+    "security": [{"adminToken": []}],
+    "parameters": KEY_PARAMETERS,
+    "responses": {
+        "200": json_body(obj({"key": ref("KeyStatus"), "check": ref("KeyCheck")},
+                             ("key", "check")), "The key after its check, and the check"),
         **api_errors(401, 404),
     },
 }}
@@ -549,6 +601,8 @@ DOCUMENT = {
         "/api/upload": API_UPLOAD,
         "/api/chats/{chat_id}": API_CHATS,
         "/api/keys": API_KEYS,
+        "/api/keys/{provider}/{suffix}/reset": API_KEY_RESET,
+        "/api/keys/{provider}/{suffix}/check": API_KEY_CHECK,
         "/v1/chat/completions": V1_CHAT_COMPLETIONS,
         "/v1/models": V1_MODELS,
         "/v1/models/{model}": V1_MODEL,

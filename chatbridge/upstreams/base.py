@@ -46,6 +46,7 @@ class Provider:
     key_noun = ""  # "every {key_noun} is rate-limited"
     key_variable = ""  # the setting that holds its keys
     owned_by = ""  # in GET /v1/models
+    quota_zone = "UTC"  # where the upstream's quota day starts (an IANA time zone)
     needs_keys = True
 
     def __init__(self, keys: tuple = (), default_model: str = ""):

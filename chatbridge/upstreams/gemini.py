@@ -54,6 +54,7 @@ class GeminiProvider(HttpProvider):
 
     name = "gemini"
     display_name = "Gemini"
+    quota_zone = "America/Los_Angeles"  # per-day quotas reset at midnight Pacific time
     key_noun = "Gemini key"
     key_variable = "ALL_GEMINI_API_KEYS"
     owned_by = "google"
