@@ -13,6 +13,9 @@ from typing import Any
 from .chat import Delta
 
 PING = b": ping\n\n"
+# json.dumps builds a new encoder on every call that passes options; once per chunk that
+# showed in the profile (issue 13), so the writers share this one
+encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def iter_sse_data(chunks: Iterable) -> Iterator:
@@ -71,7 +74,7 @@ def other_line(line: bytes, raw: list) -> None:
 
 def sse(obj: Any) -> bytes:
     """One SSE event; JSON unescaped, as the Persian source writes it."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + encode_json(obj).encode() + b"\n\n"
 
 
 class StreamWriter:

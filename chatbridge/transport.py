@@ -51,11 +51,10 @@ class Transport:
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
         if stream:
             headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
-        body = data
-        if json is not None:
-            body = dumps(json)
-            headers["Content-Type"] = "application/json"
         try:
+            body = data if json is None else dumps(json)
+            if json is not None:
+                headers["Content-Type"] = "application/json"
             raw = self.pool_for(url).request(method, url, body=body, headers=headers,
                                              timeout=self.timeout, retries=False, redirect=False,
                                              preload_content=False)
@@ -86,8 +85,8 @@ class Transport:
 
 
 def dumps(body: Any) -> bytes:
-    """A request body as compact UTF-8 JSON."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    """A request body as compact UTF-8 JSON; ValueError for NaN or infinity, which JSON lacks."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class UpstreamResponse:
