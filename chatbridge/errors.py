@@ -18,13 +18,12 @@ upstream's status and body, and lists the rules): the key's (rate_limit, invalid
 billing), the upstream's (server, broken, unreachable), the request's (rejected), or the
 model's (unusable). Every kind but rejected and unusable fails over to the next key.
 
-Each client API renders these in its own format (chatbridge/apis/); `requests` and urllib3
+Each client API renders these in its own format (chatbridge/apis/); urllib3
 exceptions become UpstreamErrors only in failure_from_exception.
 """
 
 import math
 
-import requests
 import urllib3
 
 
@@ -118,10 +117,10 @@ class UpstreamError(ChatBridgeError):
 
 
 def failure_from_exception(exc: BaseException) -> UpstreamError:
-    """Turn requests' and urllib3's network exceptions into one UpstreamError."""
-    if isinstance(exc, (requests.ConnectTimeout, requests.ConnectionError)) and not isinstance(
-            exc, requests.ReadTimeout):
+    """Turn urllib3's and the socket's network exceptions into one UpstreamError."""
+    if isinstance(exc, (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ProxyError,
+                        ConnectionRefusedError)):
         return UpstreamError("unreachable", "could not connect to the upstream")
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+    if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
         return UpstreamError("broken", "the upstream stopped answering (read timeout)")
     return UpstreamError("broken", "the connection to the upstream broke")

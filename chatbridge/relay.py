@@ -21,14 +21,13 @@ from dataclasses import dataclass
 import gevent
 import gevent.queue
 import gevent.socket
-import requests
 from gevent import monkey
 
 from .chat import COMPLETE_FINISHES, FIRST_TOKEN_KINDS
 from .errors import ChatBridgeError, ClientGone, UpstreamError
 from .logs import RequestLog, log
 from .sse import PING, StreamWriter
-from .transport import close_upstream, release_upstream
+from .transport import UpstreamResponse, close_upstream, release_upstream
 
 
 class Cancel:
@@ -44,7 +43,7 @@ class Cancel:
         if monkey.is_module_patched("threading"):
             self.worker = gevent.getcurrent()
 
-    def track(self, response: requests.Response) -> None:
+    def track(self, response: UpstreamResponse) -> None:
         self.response = response
         if self.cancelled:
             close_upstream(response)
@@ -94,7 +93,7 @@ class Answer:
 
     head: list
     rest: Iterator
-    response: requests.Response | None = None
+    response: UpstreamResponse | None = None
     cancel: Cancel | None = None
     on_failure: Callable | None = None
 

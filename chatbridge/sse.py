@@ -7,14 +7,15 @@ decoded as ISO-8859-1.
 """
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .chat import Delta
 
-LINE_END = re.compile(rb"\r\n|\r|\n")
 PING = b": ping\n\n"
+# json.dumps builds a new encoder on every call that passes options; once per chunk that
+# showed in the profile (issue 13), so the writers share this one
+encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def iter_sse_data(chunks: Iterable) -> Iterator:
@@ -24,47 +25,56 @@ def iter_sse_data(chunks: Iterable) -> Iterator:
     once complete. Comments are skipped. Lines that are not SSE fields (a raw JSON error
     tail) are collected and yielded last as ("raw", text).
     """
-    buffer, data, raw = b"", [], []
+    pending, data, raw = b"", [], []
     for chunk in chunks:
-        buffer += chunk
-        start = 0
-        for match in LINE_END.finditer(buffer):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break  # maybe the first half of a CRLF split across reads
-            event = sse_line(buffer[start:match.start()], data, raw)
-            if event is not None:
-                yield event
-            start = match.end()
-        buffer = buffer[start:]
-    event = sse_line(buffer.rstrip(b"\r"), data, raw) if buffer else None
-    if event is not None:
-        yield event
+        pending = line_feeds(pending + chunk)
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):  # the common case first: one bytes test per line
+                data.append(field_value(line[5:]))
+            elif line:
+                other_line(line, raw)
+            elif data:
+                yield "data", data[0] if len(data) == 1 else "\n".join(data)
+                data = []
+    last = pending.rstrip(b"\r")
+    if last.startswith(b"data:"):
+        data.append(field_value(last[5:]))
+    elif last:
+        other_line(last, raw)
     if data:
         yield "data", "\n".join(data)
     if raw:
         yield "raw", "\n".join(raw)
 
 
-def sse_line(line: bytes, data: list, raw: list):
-    """Take one SSE line; return a finished event at a blank line."""
-    if not line:
-        if data:
-            event = ("data", "\n".join(data))
-            data.clear()
-            return event
-        return None
+def line_feeds(buffer: bytes) -> bytes:
+    """CRLF and CR line ends made LF; a CR at the very end stays, as it may be the first half
+    of a CRLF split across reads (it is made LF once the next byte has come)."""
+    if b"\r" not in buffer:
+        return buffer
+    held = buffer.endswith(b"\r")
+    buffer = (buffer[:-1] if held else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return buffer + b"\r" if held else buffer
+
+
+def field_value(value: bytes) -> str:
+    """An SSE field's value: one leading space dropped, decoded as UTF-8."""
+    return (value[1:] if value[:1] == b" " else value).decode("utf-8", errors="replace")
+
+
+def other_line(line: bytes, raw: list) -> None:
+    """A line other than data: comments and the other SSE fields are skipped; anything else
+    (an error body after the events) is kept for the raw tail."""
     text = line.decode("utf-8", errors="replace")
-    name, colon, value = text.partition(":")
-    if name == "data":
-        data.append(value[1:] if value.startswith(" ") else value)
-    elif not text.startswith(":") and name not in ("event", "id", "retry"):
+    name = text.partition(":")[0]
+    if not text.startswith(":") and name not in ("event", "id", "retry"):
         raw.append(text)
-    return None
 
 
 def sse(obj: Any) -> bytes:
     """One SSE event; JSON unescaped, as the Persian source writes it."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + encode_json(obj).encode() + b"\n\n"
 
 
 class StreamWriter:

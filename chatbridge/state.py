@@ -3,7 +3,7 @@
 Rotation counters, cooldown marks and per-key counters (keys.py), conversations and cached
 uploads (conversations.py) live behind StateStore:
 - FileStateStore, the default: JSON documents in TEMP_DATA_DIR, each changed under one of 64
-  striped file locks (never deleted: deleting a lock file breaks the lock) and written to a
+  striped flock(2) locks (chatbridge/filelocks.py) and written to a
   temporary file that then replaces it, so a worker killed mid-write never leaves a document
   unreadable. An expiring document's mtime is its expiry time. Expired documents and stale
   temporary files are swept at most every SWEEP_SECONDS, by reads and writes alike (and
@@ -24,19 +24,18 @@ import json
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from functools import wraps
 from pathlib import Path
 
 import redis
-from filelock import FileLock
 
 from .config import Config
 from .documents import (USAGE_DAYS, USAGE_MINUTES, DocumentStore, MemoryStateStore, StateStore,
                         live_mark)
 from .errors import InsufficientStorage
+from .filelocks import FileLocks
 from .logs import log
 
 __all__ = ["FileStateStore", "MemoryStateStore", "RedisStateStore", "StateStore", "open_store"]
@@ -75,8 +74,7 @@ class FileStateStore(DocumentStore):
     def __init__(self, directory: Path, upload_cache_bytes: int = UPLOAD_CACHE_BYTES):
         self.directory = Path(directory)
         (self.directory / "locks").mkdir(parents=True, exist_ok=True)
-        self.locks = [FileLock(self.directory / "locks" / f"{n:02d}.lock", poll_interval=0.001)
-                      for n in range(LOCK_STRIPES)]
+        self.locks = FileLocks(self.directory / "locks", LOCK_STRIPES)
         self.upload_cache_bytes = upload_cache_bytes
         self.swept = 0.0
         self.fallback = MemoryStateStore(backing=self.read_file)
@@ -87,8 +85,9 @@ class FileStateStore(DocumentStore):
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
 
-    def lock(self, name: str) -> FileLock:
-        return self.locks[zlib.crc32(name.encode()) % LOCK_STRIPES]
+    def lock(self, name: str):
+        """A context manager holding name's lock stripe across this machine's workers."""
+        return self.locks.lock(name)
 
     def update(self, name, change, ttl=None):
         self.sweep_now_and_then()

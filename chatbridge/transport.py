@@ -1,22 +1,26 @@
-"""HTTP to the upstreams: the one module that uses `requests`.
+"""HTTP to the upstreams: the one module that sends, on urllib3's connection pools.
 
-One pooled session per app. Keys travel in headers, never in a URL; redirects are never
-followed (a 3xx is an upstream failure) and no cookie is kept. Streams are read with
-the raw stream's read1, so events go out as they arrive (iter_lines holds back a
-non-chunked upstream's events); streamed requests ask for no compression, which would make
-events arrive in bursts. Network exceptions become UpstreamErrors here
-(errors.failure_from_exception).
+One pool manager per app, connections kept alive and reused. Keys travel in headers, never in
+a URL; redirects are never followed (a 3xx is an upstream failure) and no cookie is kept (none
+is ever sent). Streams ask for no compression, which would make events arrive in bursts, and
+their bodies are read as they arrive (BodyReader). Network exceptions become UpstreamErrors
+here (errors.failure_from_exception).
+
+urllib3 is used without requests on purpose: requests' per-request work (merging settings,
+hooks, cookie jars, re-preparing the request) was about a seventh of a worker's CPU per
+stream in the profile of issue 13, for features ChatBridge turns off.
 """
 
+import json
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
-import requests
 import urllib3
+from requests.utils import get_environ_proxies
 
 from .chat import parse_json
 from .errors import UpstreamError, failure_from_exception
@@ -25,64 +29,234 @@ from .failures import classify_failure
 READ_SIZE = 64 * 1024
 DRAIN_SECONDS = 1.0
 ERROR_BODY_LIMIT = 64 * 1024
+POOL_SIZE = 1000  # connections kept per upstream host: one per concurrent stream
+CHUNK_LINE_LIMIT = 4096  # bytes: a chunk-size line longer than this is not HTTP
+USER_AGENT = "ChatBridge"
+NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 class Transport:
-    """A pooled HTTP session with the configured connect and read timeouts (seconds)."""
+    """Pooled HTTP with the configured connect and read timeouts (seconds)."""
 
     def __init__(self, connect_timeout: float, read_timeout: float):
-        self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        # No cookie an upstream sets goes back to it, nor to any other upstream.
-        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        # The environment's proxies are looked up once per upstream host, not on every request,
-        # and no ~/.netrc entry may replace the key's Authorization header.
-        self.session.trust_env = False
-        self.proxies = {}
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=1000)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.direct = urllib3.PoolManager(num_pools=8, maxsize=POOL_SIZE)
+        self.proxied = {}  # proxy URL -> its ProxyManager
+        self.proxies = {}  # upstream origin -> proxy URL or None, looked up once
 
     def send(self, method: str, url: str, headers: dict, stream: bool,
-             **body) -> requests.Response:
-        """One upstream HTTP request (body: json= or data=); network errors become UpstreamErrors."""
+             json: Any = None, data: bytes | None = None) -> "UpstreamResponse":
+        """One upstream HTTP request with a JSON or bytes body; network errors become
+        UpstreamErrors, and a redirect is one too."""
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
         if stream:
             headers["Accept-Encoding"] = "identity"  # compressed SSE would arrive in bursts
         try:
-            response = self.session.request(method, url, headers=headers, stream=stream, **body,
-                                            timeout=self.timeout, allow_redirects=False,
-                                            proxies=self.proxies_for(url))
-        except requests.RequestException as exc:
+            body = data if json is None else dumps(json)
+            if json is not None:
+                headers["Content-Type"] = "application/json"
+            raw = self.pool_for(url).request(method, url, body=body, headers=headers,
+                                             timeout=self.timeout, retries=False, redirect=False,
+                                             preload_content=False)
+        except NETWORK_ERRORS as exc:
             raise failure_from_exception(exc) from None
+        response = UpstreamResponse(raw)
+        if not stream:
+            response.load()
         if response.is_redirect:  # following it would hand the key and prompt to another host
             response.close()
             raise UpstreamError("server", f"the upstream answered with a redirect (HTTP "
                                           f"{response.status_code}), which is not followed")
         return response
 
-
-    def proxies_for(self, url: str) -> dict:
-        """The proxies HTTP(S)_PROXY and NO_PROXY give for an upstream's host, looked up once."""
+    def pool_for(self, url: str) -> urllib3.PoolManager:
+        """The pool manager for an upstream: direct, or through the proxy that HTTP(S)_PROXY
+        and NO_PROXY name for its host (looked up once per origin)."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         if origin not in self.proxies:
-            self.proxies[origin] = requests.utils.get_environ_proxies(origin)
-        return self.proxies[origin]
+            self.proxies[origin] = get_environ_proxies(origin).get(parts.scheme)
+        proxy = self.proxies[origin]
+        if not proxy:
+            return self.direct
+        if proxy not in self.proxied:
+            self.proxied[proxy] = urllib3.ProxyManager(proxy, num_pools=8, maxsize=POOL_SIZE)
+        return self.proxied[proxy]
 
 
-def iter_body(response: requests.Response) -> Iterator:
+def dumps(body: Any) -> bytes:
+    """A request body as compact UTF-8 JSON; ValueError for NaN or infinity, which JSON lacks."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+class UpstreamResponse:
+    """An upstream's answer: status_code, headers (case-insensitive), and its body, read
+    whole (content, text) or piece by piece as it arrives (read, iter_body)."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse):
+        self.raw = raw
+        self.status_code = raw.status
+        self.headers = raw.headers
+        self.reader = None
+        self._content = None
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status_code in (301, 302, 303, 307, 308) and "Location" in self.headers
+
+    def load(self) -> None:
+        """Read the whole body now (a non-streamed request), network errors made failures."""
+        try:
+            self._content = self.raw.read(decode_content=True)
+        except NETWORK_ERRORS as exc:
+            raise failure_from_exception(exc) from None
+        finally:
+            self.raw.release_conn()
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = b"".join(iter_body(self))
+        return self._content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The parsed JSON body, or None when it is not JSON."""
+        return parse_json(self.text)
+
+    def read(self) -> bytes:
+        """The next bytes of the body as they arrive; b"" at its end."""
+        if self.reader is None:
+            self.reader = body_reader(self.raw)
+        return self.reader()
+
+    def close(self) -> None:
+        with suppress(*NETWORK_ERRORS, RuntimeError):
+            self.raw.close()
+
+
+def body_reader(raw: urllib3.BaseHTTPResponse):
+    """A function that returns the body's next bytes (b"" at the end): a chunked, unencoded
+    body is unframed here from whatever the socket has (ChunkedBody); any other through
+    urllib3's read1, which decodes a gzipped one."""
+    message = getattr(raw, "_fp", None)  # the http.client response under urllib3's
+    socket_file = getattr(message, "fp", None)
+    identity = raw.headers.get("Content-Encoding", "identity").lower() in ("", "identity")
+    if identity and getattr(message, "chunked", False) and message.chunk_left is None \
+            and socket_file is not None:
+        return ChunkedBody(raw, socket_file).read
+    return lambda: raw.read1(READ_SIZE, decode_content=True)
+
+
+class ChunkedBody:
+    """Unframes HTTP/1.1 chunked encoding from raw socket reads.
+
+    http.client returns one chunk per read1, and urllib3 wraps each read in several layers:
+    for an SSE stream that sends each event as a chunk, that was a fifth of a worker's CPU per
+    stream (issue 13). Here one socket read yields all the chunks it holds. Trailers after the
+    last chunk are skipped. At the end the http.client response is closed as http.client closes
+    a body it read to the end, so its connection can go back to the pool.
+    """
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, socket_file):
+        self.raw = raw
+        self.socket_file = socket_file
+        self.buffer = b""
+        self.left = 0  # bytes of the current chunk's data still to come
+        self.crlf = 0  # bytes of the CRLF after it still to come
+        self.done = False
+
+    def read(self) -> bytes:
+        try:
+            while not self.done:
+                data = self.socket_file.read1(READ_SIZE)
+                if not data:
+                    raise urllib3.exceptions.ProtocolError("the upstream closed the connection "
+                                                           "before the end of its chunked body")
+                self.buffer += data
+                pieces = self.unframe()
+                if pieces:
+                    return b"".join(pieces)
+        except BaseException:
+            # as urllib3 does on a broken body: close the body's socket file and the connection
+            # (a close from another greenlet while this one read could not: "reentrant call")
+            with suppress(Exception):
+                self.socket_file.close()
+            with suppress(Exception):
+                self.raw.close()
+            raise
+        return b""
+
+    def unframe(self) -> list:
+        """The chunk data whole in the buffer so far; the rest stays for the next read."""
+        pieces, buffer, position = [], self.buffer, 0
+        while True:
+            if self.left:
+                piece = buffer[position:position + self.left]
+                pieces.append(piece)
+                position, self.left = position + len(piece), self.left - len(piece)
+                if self.left:
+                    break
+                self.crlf = 2
+            if self.crlf:  # the CRLF that ends each chunk's data
+                skipped = min(self.crlf, len(buffer) - position)
+                position, self.crlf = position + skipped, self.crlf - skipped
+                if self.crlf:
+                    break
+            end = buffer.find(b"\r\n", position)
+            if end < 0:
+                if len(buffer) - position > CHUNK_LINE_LIMIT:
+                    raise urllib3.exceptions.ProtocolError("the upstream sent a malformed chunk")
+                break
+            size = chunk_size(buffer[position:end])
+            if size == 0:
+                return self.trailers(pieces, buffer[end + 2:])
+            position, self.left = end + 2, size
+        self.buffer = buffer[position:]
+        return [piece for piece in pieces if piece]
+
+    def trailers(self, pieces: list, rest: bytes) -> list:
+        """After the last chunk: skip trailer fields up to the blank line, then end."""
+        while not (rest.startswith(b"\r\n") or b"\r\n\r\n" in rest):
+            more = self.socket_file.read1(READ_SIZE)
+            if not more or len(rest) > CHUNK_LINE_LIMIT:
+                break
+            rest += more
+        self.done, self.buffer = True, b""
+        self.raw._fp.close()  # as http.client does at a body's end: the connection stays open
+        return [piece for piece in pieces if piece]
+
+
+def chunk_size(line: bytes) -> int:
+    """The size in a chunk-size line (extensions after ';' ignored)."""
+    try:
+        size = int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise urllib3.exceptions.ProtocolError("the upstream sent a malformed chunk size")
+    return size
+
+
+def iter_body(response: UpstreamResponse) -> Iterator:
     """Raw bytes from an upstream response as they arrive, network errors made failures."""
+    if response._content is not None:
+        yield response._content
+        return
     try:
         while True:
-            chunk = response.raw.read1(READ_SIZE, decode_content=True)  # a CDN may gzip anyway
+            chunk = response.read()
             if not chunk:
                 return
             yield chunk
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+    except NETWORK_ERRORS as exc:
         raise failure_from_exception(exc) from None
 
 
-def read_error_body(response: requests.Response) -> Any:
+def read_error_body(response: UpstreamResponse) -> Any:
     """The parsed JSON of an upstream error response, read up to a limit; else its text."""
     try:
         body = b"".join(iter_limited(response, ERROR_BODY_LIMIT))
@@ -92,7 +266,7 @@ def read_error_body(response: requests.Response) -> Any:
     return parse_json(text) or text[:500]
 
 
-def iter_limited(response: requests.Response, limit: int) -> Iterator:
+def iter_limited(response: UpstreamResponse, limit: int) -> Iterator:
     """A response's bytes until at least limit bytes have come."""
     size = 0
     for chunk in iter_body(response):
@@ -102,13 +276,13 @@ def iter_limited(response: requests.Response, limit: int) -> Iterator:
             return
 
 
-def release_upstream(response: requests.Response) -> None:
+def release_upstream(response: UpstreamResponse) -> None:
     """Put a finished stream's connection back in the pool once the rest of its body (the last
     empty chunk after OpenAI's [DONE], say) has come, within DRAIN_SECONDS; else close it. Runs
     in its own greenlet: a new TCP connection per request would cost more than this."""
     drained = False
     with suppress(Exception), gevent.Timeout(DRAIN_SECONDS, False):
-        while response.raw.read1(READ_SIZE, decode_content=True):
+        while response.read():
             pass
         drained = True
     if drained:
@@ -117,16 +291,17 @@ def release_upstream(response: requests.Response) -> None:
         close_upstream(response)
 
 
-def close_upstream(response: requests.Response) -> None:
+def close_upstream(response: UpstreamResponse) -> None:
     """Close an upstream response now, even while another greenlet or thread reads it."""
-    with suppress(ValueError, RuntimeError, OSError, AttributeError):
-        response.raw.shutdown()  # wakes a reader blocked in recv
+    connection = response.raw.connection
+    with suppress(OSError, AttributeError):  # wakes a reader blocked in recv, and tells the
+        connection.sock.shutdown(socket.SHUT_RDWR)  # upstream at once, whoever holds the socket
     with suppress(ValueError, RuntimeError, OSError):  # "reentrant call" while another reads it
         response.close()
 
 
 @contextmanager
-def opened_stream(response: requests.Response, cancel):
+def opened_stream(response: UpstreamResponse, cancel):
     """A streaming upstream response that answered 200, closed if anything fails while it is
     being opened (a status other than 200 becomes a classified UpstreamError). cancel (a
     relay.Cancel) closes it if the client goes away meanwhile."""
