@@ -40,6 +40,9 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 APIS = {"A": "source_a", "B": "source_b", "ui": "ui_stream", "v1": "openai", "native": "gemini"}
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# a chat request refused before its shape was read counts under its route's API
+ENDPOINT_APIS = {"openai.chat_completions": "openai", "gemini.gemini_native": "gemini",
+                 "source.chat": "source_a"}
 KEY_STATES = ("ok", "cooling", "invalid")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -47,6 +50,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 def key_label(key) -> str:
     """What a metric may show of a key: its last four characters."""
     return key.secret[-4:]
+
+
+def api_of(shape: str, endpoint: str | None, body) -> str | None:
+    """The api label of a request: its shape's, or for a chat request refused before its shape
+    was read, its route's (on /api/chat, the shape its JSON body's fields suggest); None for
+    requests that are no chat (uploads, model lists, the page)."""
+    if shape in APIS:
+        return APIS[shape]
+    api = ENDPOINT_APIS.get(endpoint or "")
+    if api == "source_a" and isinstance(body, dict):
+        return "source_b" if "user_content" in body else "ui_stream" if "messages" in body else api
+    return api
 
 
 def outcome_of(record: RequestLog, status: int) -> str:
@@ -105,12 +120,12 @@ class Metrics:
     def attempt(self, provider: str, key, result: str) -> None:
         self.attempts.labels(provider, key_label(key), result).inc()
 
-    def request_done(self, record: RequestLog, status: int) -> None:
-        """Count a finished chat request (those with a shape the API list names)."""
-        api = APIS.get(record.shape)
+    def request_done(self, record: RequestLog, status: int, api: str | None) -> None:
+        """Count a finished chat request (api_of); others are not counted."""
         if api is None:
             return
-        self.requests.labels(api, record.provider, outcome_of(record, status)).inc()
+        provider = record.provider if record.provider != "-" else "none"
+        self.requests.labels(api, provider, outcome_of(record, status)).inc()
         self.duration.labels(api).observe(time.monotonic() - record.started)
         if record.first_token is not None:
             self.ttft.labels(record.provider).observe(record.first_token - record.started)

@@ -27,6 +27,7 @@ from .config import PROJECT_DIR, Config, load_config
 from .errors import ClientError
 from .limits import install_rate_limits
 from .logs import RequestLog, log, setup_logging
+from .metrics import APIS, ENDPOINT_APIS, api_of
 from .service import Service, current_service
 
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -153,17 +154,21 @@ def count_when_done(response: Response) -> Response:
     """Count a request in the metrics and its key's usage once its body has been sent, and a
     stream among the open ones while it is being sent."""
     service, record = current_service(), g.chat_log
+    known = record.shape in APIS or request.endpoint not in ENDPOINT_APIS
+    api = api_of(record.shape, request.endpoint, None if known else request.get_json(silent=True))
     streaming = response.is_streamed and response.mimetype == "text/event-stream"
     if streaming:
         service.metrics.open_streams.inc()
-    response.call_on_close(lambda: stream_done(service, record, response.status_code, streaming))
+    response.call_on_close(lambda: request_done(service, record, response.status_code, api,
+                                                streaming))
     return response
 
 
-def stream_done(service: Service, record: RequestLog, status: int, streaming: bool) -> None:
+def request_done(service: Service, record: RequestLog, status: int, api: str | None,
+                 streaming: bool) -> None:
     if streaming:
         service.metrics.open_streams.dec()
-    service.request_done(record, status)
+    service.request_done(record, status, api)
 
 
 def announce(service: Service) -> None:
