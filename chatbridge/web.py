@@ -154,14 +154,24 @@ def count_when_done(response: Response) -> Response:
     """Count a request in the metrics and its key's usage once its body has been sent, and a
     stream among the open ones while it is being sent."""
     service, record = current_service(), g.chat_log
-    known = record.shape in APIS or request.endpoint not in ENDPOINT_APIS
-    api = api_of(record.shape, request.endpoint, None if known else request.get_json(silent=True))
+    api = api_of(record.shape, request.endpoint, refused_body(record))
     streaming = response.is_streamed and response.mimetype == "text/event-stream"
     if streaming:
         service.metrics.open_streams.inc()
     response.call_on_close(lambda: request_done(service, record, response.status_code, api,
                                                 streaming))
     return response
+
+
+def refused_body(record: RequestLog):
+    """The JSON body of a chat request refused before its shape was read, for its api label;
+    only one read_body_in_time has already read (never read here: it may be too large)."""
+    if record.shape in APIS or request.endpoint not in ENDPOINT_APIS:
+        return None
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None or (limit and request.content_length > limit):
+        return None
+    return request.get_json(silent=True)
 
 
 def request_done(service: Service, record: RequestLog, status: int, api: str | None,
