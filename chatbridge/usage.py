@@ -6,8 +6,8 @@ Rules (issue 12):
   more, for the day a Pacific date trails UTC), per-minute counts for an hour.
 - Counting costs no state-store write on the request's path: each worker adds its counts up in
   memory, and a background (green) thread of its own adds them to the store in one update at
-  most every FLUSH_SECONDS, and at worker exit (gunicorn.conf.py's worker_exit). What a worker
-  killed with SIGKILL had not yet flushed is lost.
+  most every FLUSH_SECONDS, and at exit (gunicorn.conf.py's worker_exit, and atexit). What a
+  worker killed with SIGKILL had not yet flushed is lost.
 - Tokens are the upstream's own usage figures (Delta("usage"): prompt_tokens, completion_tokens,
   thinking included), counted once per answer.
 - A failure counts against its key by its class (FAILURE_CLASSES); a request's own fault

@@ -218,6 +218,35 @@ def test_a_rejected_key_comes_back_after_a_check_passes(file_server, gemini):
     assert GEMINI_KEYS[0] in [r.key for r in gemini.requests[generated:]]
 
 
+def test_a_stopping_worker_adds_its_last_counts_to_the_state(start_gunicorn, gemini, openai):
+    server = start_gunicorn(upstream_env(gemini, openai, ADMIN_TOKEN=ADMIN_TOKEN), workers=1)
+    gemini.script = fixed_reply
+    started = time.monotonic()
+    chat(server.url)
+    server.stop()  # before the worker's first flush, 2 s after its first request
+    assert time.monotonic() - started < 2.0, "stopped too late to tell worker_exit's flush apart"
+    usage = json.loads((server.data_dir / "usage.json").read_text())
+    days = usage["days"]["gemini"]
+    assert sum(entry["requests"] for day in days.values() for entry in day.values()) == \
+        len([r for r in gemini.requests if r.method == "POST"])
+    assert sum(entry.get("input_tokens", 0) for day in days.values() for entry in day.values()) == 11
+    assert "Worker exiting" in server.log()
+
+
+@pytest.mark.parametrize("store", ["files", "redis"])
+def test_one_holder_of_the_key_check_lease_at_a_time(store, tmp_path, request):
+    from chatbridge.state import FileStateStore, RedisStateStore
+    if store == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.client.delete("chatbridge:lease:test-lease")
+        stores = [RedisStateStore(server.url) for _ in range(2)]
+    else:
+        stores = [FileStateStore(tmp_path / "state") for _ in range(2)]
+    assert [s.lease("test-lease", 0.5) for s in stores + stores] == [True, False, False, False]
+    time.sleep(0.6)
+    assert [s.lease("test-lease", 0.5) for s in reversed(stores)] == [True, False]
+
+
 # ---------------------------------------------------------------- by hand: check, reset
 
 def test_check_now_and_reset_by_hand(make_app, gemini):
