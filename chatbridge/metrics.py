@@ -65,7 +65,9 @@ def api_of(shape: str, endpoint: str | None, body) -> str | None:
 
 
 def outcome_of(record: RequestLog, status: int) -> str:
-    """A finished request's outcome label, from its status and its log line's outcome."""
+    """A finished request's outcome label, from its status (for a stream that ended with an
+    error event, that error's) and its log line's outcome."""
+    status = record.error_status or status
     if record.outcome == "client disconnected" or status == 499:
         return "disconnected"
     if status == 429:

@@ -327,6 +327,18 @@ def test_metrics_in_one_process_count_the_test_clients_requests(make_app, gemini
     assert value(found, total, api="source_b", outcome="client_error") == 1
 
 
+def test_a_stream_that_ends_for_want_of_keys_counts_as_rate_limited(make_app, gemini):
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN, KEY_WAIT_SECONDS="0").test_client()
+    gemini.script = lambda recorded: gemini_429("600s")
+    with client.post("/api/chat", json={"message": "hi", "model": GEMINI}) as reply:
+        assert reply.status_code == 200 and b'"error"' in reply.data  # shape A streams at once
+    found = samples(client.get("/metrics", headers=ADMIN).text)
+    assert value(found, "chatbridge_requests_total", api="source_a", provider="gemini",
+                 outcome="rate_limited") == 1
+    assert value(found, "chatbridge_upstream_attempts_total", provider="gemini",
+                 result="rate_limited") == 3
+
+
 # ---------------------------------------------------------------- python -m chatbridge keys check
 
 def run_check(env: dict, tmp_path) -> subprocess.CompletedProcess:
