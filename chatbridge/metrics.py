@@ -116,26 +116,34 @@ class Metrics:
                                   buckets=DURATION_BUCKETS, registry=self.registry)
         self.tokens = Counter("chatbridge_tokens", "Tokens by the upstream's usage",
                               ["provider", "key", "kind"], registry=self.registry)
+        self.children = {}
         self.open_streams = Gauge("chatbridge_open_streams", "Responses streaming now",
                                   registry=self.registry, multiprocess_mode="livesum")
 
+    def child(self, metric, *labels):
+        """metric.labels(*labels), looked up once: prometheus_client checks labels each time."""
+        child = self.children.get((metric, labels))
+        if child is None:
+            child = self.children[metric, labels] = metric.labels(*labels)
+        return child
+
     def attempt(self, provider: str, key, result: str) -> None:
-        self.attempts.labels(provider, key_label(key), result).inc()
+        self.child(self.attempts, provider, key_label(key), result).inc()
 
     def request_done(self, record: RequestLog, status: int, api: str | None) -> None:
         """Count a finished chat request (api_of); others are not counted."""
         if api is None:
             return
         provider = record.provider if record.provider != "-" else "none"
-        self.requests.labels(api, provider, outcome_of(record, status)).inc()
-        self.duration.labels(api).observe(time.monotonic() - record.started)
+        self.child(self.requests, api, provider, outcome_of(record, status)).inc()
+        self.child(self.duration, api).observe(time.monotonic() - record.started)
         if record.first_token is not None:
-            self.ttft.labels(record.provider).observe(record.first_token - record.started)
+            self.child(self.ttft, record.provider).observe(record.first_token - record.started)
         if record.usage and record.key != "-":
             for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
                 count = record.usage.get(field)
                 if isinstance(count, int) and count > 0:
-                    self.tokens.labels(record.provider, record.key[-4:], kind).inc(count)
+                    self.child(self.tokens, record.provider, record.key[-4:], kind).inc(count)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format: every worker's, under gunicorn."""

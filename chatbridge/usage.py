@@ -67,6 +67,7 @@ class UsageBook:
         self.store, self.flush_seconds = store, flush_seconds
         self.zones = {name: zone_of(zone) for name, zone in zones.items()}
         self.pending = {}
+        self.days = {}  # provider -> (epoch minute, its quota day then)
         self.lock = threading.Lock()
         self.flusher_pid = None
 
@@ -89,7 +90,7 @@ class UsageBook:
 
     def add(self, provider: str, key_id: str, day: dict, minute: dict | None) -> None:
         now = time.time()
-        today = day_of(self.zones.get(provider, UTC), now).isoformat()
+        today = self.today(provider, now)
         with self.lock:
             days = self.pending.setdefault("days", {}).setdefault(provider, {})
             add_counts(days.setdefault(today, {}).setdefault(key_id, {}), day)
@@ -99,6 +100,14 @@ class UsageBook:
                            minute)
         if self.flusher_pid != os.getpid():
             self.start_flusher()
+
+    def today(self, provider: str, now: float) -> str:
+        """The provider's quota day as YYYY-MM-DD, worked out once a minute."""
+        minute, day = self.days.get(provider, (None, ""))
+        if minute != now // 60:
+            day = day_of(self.zones.get(provider, UTC), now).isoformat()
+            self.days[provider] = (now // 60, day)
+        return day
 
     def flush(self) -> None:
         """Add this worker's counts to the store in one update."""
