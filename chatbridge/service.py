@@ -6,8 +6,8 @@ the answer with failover (keys.py), or from a provider that needs no key.
 """
 
 import time
-from functools import partial
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from flask import current_app, has_request_context, request

@@ -5,7 +5,9 @@ unless given a Config, sets up logging, opens the state store, registers one blu
 client API (chatbridge/apis/), limits each client's requests (chatbridge/limits.py) and says
 once per server what is configured. Every response
 gets nosniff and no-referrer; the page also gets a strict Content-Security-Policy (its own
-scripts and styles only). One log line per request, written when its body has been sent.
+scripts and styles only). One log line per request, written when its body has been sent, when
+the request is also counted in the metrics and its key's usage (chatbridge/metrics.py, usage.py);
+each worker starts its key re-checks on its first request (chatbridge/key_checks.py).
 """
 
 import logging
