@@ -52,16 +52,10 @@ def key_label(key) -> str:
     return key.secret[-4:]
 
 
-def api_of(shape: str, endpoint: str | None, body) -> str | None:
+def api_of(shape: str, endpoint: str | None) -> str | None:
     """The api label of a request: its shape's, or for a chat request refused before its shape
-    was read, its route's (on /api/chat, the shape its JSON body's fields suggest); None for
-    requests that are no chat (uploads, model lists, the page)."""
-    if shape in APIS:
-        return APIS[shape]
-    api = ENDPOINT_APIS.get(endpoint or "")
-    if api == "source_a" and isinstance(body, dict):
-        return "source_b" if "user_content" in body else "ui_stream" if "messages" in body else api
-    return api
+    was known, its route's; None for requests that are no chat (uploads, model lists, pages)."""
+    return APIS.get(shape) or ENDPOINT_APIS.get(endpoint or "")
 
 
 def outcome_of(record: RequestLog, status: int) -> str:

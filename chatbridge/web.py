@@ -29,7 +29,7 @@ from .config import PROJECT_DIR, Config, load_config
 from .errors import ClientError
 from .limits import install_rate_limits
 from .logs import RequestLog, log, setup_logging
-from .metrics import APIS, ENDPOINT_APIS, api_of
+from .metrics import api_of
 from .service import Service, current_service
 
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -156,24 +156,13 @@ def count_when_done(response: Response) -> Response:
     """Count a request in the metrics and its key's usage once its body has been sent, and a
     stream among the open ones while it is being sent."""
     service, record = current_service(), g.chat_log
-    api = api_of(record.shape, request.endpoint, refused_body(record))
+    api = api_of(record.shape, request.endpoint)
     streaming = response.is_streamed and response.mimetype == "text/event-stream"
     if streaming:
         service.metrics.open_streams.inc()
     response.call_on_close(lambda: request_done(service, record, response.status_code, api,
                                                 streaming))
     return response
-
-
-def refused_body(record: RequestLog):
-    """The JSON body of a chat request refused before its shape was read, for its api label;
-    only one read_body_in_time has already read (never read here: it may be too large)."""
-    if record.shape in APIS or request.endpoint not in ENDPOINT_APIS:
-        return None
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is None or (limit and request.content_length > limit):
-        return None
-    return request.get_json(silent=True)
 
 
 def request_done(service: Service, record: RequestLog, status: int, api: str | None,
