@@ -247,6 +247,26 @@ def test_one_holder_of_the_key_check_lease_at_a_time(store, tmp_path, request):
     assert [s.lease("test-lease", 0.5) for s in reversed(stores)] == [True, False]
 
 
+def test_days_are_newest_first_and_kept_for_a_week(tmp_path):
+    from chatbridge.documents import USAGE_DAYS
+    from chatbridge.state import FileStateStore
+    from chatbridge.usage import UsageBook
+    store = FileStateStore(tmp_path / "state")
+    now = time.time()
+    dates = [time.strftime("%Y-%m-%d", time.gmtime(now - n * 86400)) for n in range(12)]
+    store.add_usage({"days": {"zju": {d: {"k1": {"requests": n + 1}} for n, d in enumerate(dates)}}})
+    kept = store.usage("zju", dates, [])["days"]
+    assert sorted(kept, reverse=True) == dates[:USAGE_DAYS + 1]  # and the day before the oldest
+    book = UsageBook(store, {"zju": "UTC"})
+    book.attempt("zju", "k1", "overloaded")
+    report = book.report("zju", ["k1", "k2"])
+    assert [d["date"] for d in report["k1"]["days"]] == dates[:7]
+    assert report["k1"]["today"] == {"date": dates[0], "requests": 2, "failures": {"overloaded": 1},
+                                     "input_tokens": 0, "output_tokens": 0}
+    assert report["k2"]["days"] == [] and report["k2"]["today"]["requests"] == 0
+    assert report["k1"]["recent"][-1]["failures"] == 1 and len(report["k2"]["recent"]) == 60
+
+
 # ---------------------------------------------------------------- by hand: check, reset
 
 def test_check_now_and_reset_by_hand(make_app, gemini):
