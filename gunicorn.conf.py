@@ -1,6 +1,11 @@
 """gunicorn reads this file from the directory it starts in, so the start command in
 render.yaml (`gunicorn ... app:app`) and its flags stay as they are.
 
+on_starting also gives prometheus_client's multiprocess mode a fresh directory
+(PROMETHEUS_MULTIPROC_DIR) before any worker forks, child_exit marks a dead worker's live
+gauges there, and worker_exit adds a worker's last usage counts to the state store
+(chatbridge/metrics.py, chatbridge/usage.py).
+
 on_starting checks ChatBridge's settings once, in the master, before any worker starts: a bad
 setting stops the server with one message, printed last, instead of one traceback per worker
 (issue: settings that cannot work stop the server at start). The check runs in a child
@@ -8,8 +13,12 @@ process, because the master must not import the app, and with it ssl, before gev
 the workers.
 """
 
+import glob
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 # Limits set deliberately rather than left to defaults (issue 11, slow clients). The start
 # command's own flags (--workers, --worker-class, --bind, --timeout) still win over these.
@@ -33,8 +42,49 @@ except ConfigError as error:
 
 
 def on_starting(server):
+    fresh_metrics_directory()
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
                             cwd=server.cfg.chdir, timeout=60)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["the settings check failed"]
         sys.exit(f"ChatBridge cannot start: {lines[-1]}")
+
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+made_directory = []  # the directory on_starting made, removed again on_exit
+
+
+def fresh_metrics_directory():
+    """An empty PROMETHEUS_MULTIPROC_DIR for this server: the operator's, emptied, or a new
+    temporary one; counts of an earlier server would otherwise be added to this one's."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+    else:
+        directory = tempfile.mkdtemp(prefix="chatbridge-metrics-")
+        made_directory.append(directory)
+        os.environ[MULTIPROCESS_DIR] = directory  # the workers inherit it
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (open streams) stop counting. This is what
+    prometheus_client.multiprocess.mark_process_dead does; importing prometheus_client here
+    would import ssl into the master before gevent patches the workers."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        for path in glob.glob(os.path.join(directory, f"gauge_live*_{worker.pid}.db")):
+            os.remove(path)
+
+
+def worker_exit(server, worker):
+    """In the worker that stops: add its last usage counts to the state store."""
+    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chatbridge")
+    if service is not None:
+        service.usage.flush()
+
+
+def on_exit(server):
+    for directory in made_directory:
+        shutil.rmtree(directory, ignore_errors=True)

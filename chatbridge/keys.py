@@ -20,7 +20,8 @@ The rules, in the order a request meets them:
    (an answer the model itself broke), which are returned at once without blaming the key.
    Once the client has seen content, there is no failover: the stream ends with an error.
 5. Counting. Every attempt counts against its key (requests, failures, last error, last
-   use), shown by GET /api/keys with only the key's last four characters.
+   use), shown by GET /api/keys with only the key's last four characters, and goes to
+   KeyPool.observe (the metrics and per-key usage, counted in memory: chatbridge/usage.py).
 """
 
 import math

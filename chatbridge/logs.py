@@ -99,6 +99,7 @@ class RequestLog:
     key: str = "-"
     key_id: str | None = None  # the key's fingerprint, for per-key usage and metrics
     usage: dict | None = None  # the upstream's usage of the answer (OpenAI's shape), if it said
+    error_status: int | None = None  # the status of an error that ended a stream after its start
     attempts: int = 0
     outcome: str = "ok"
     started: float = field(default_factory=time.monotonic)

@@ -40,6 +40,9 @@ MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 APIS = {"A": "source_a", "B": "source_b", "ui": "ui_stream", "v1": "openai", "native": "gemini"}
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# a chat request refused before its shape was read counts under its route's API
+ENDPOINT_APIS = {"openai.chat_completions": "openai", "gemini.gemini_native": "gemini",
+                 "source.chat": "source_a"}
 KEY_STATES = ("ok", "cooling", "invalid")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -49,8 +52,16 @@ def key_label(key) -> str:
     return key.secret[-4:]
 
 
+def api_of(shape: str, endpoint: str | None) -> str | None:
+    """The api label of a request: its shape's, or for a chat request refused before its shape
+    was known, its route's; None for requests that are no chat (uploads, model lists, pages)."""
+    return APIS.get(shape) or ENDPOINT_APIS.get(endpoint or "")
+
+
 def outcome_of(record: RequestLog, status: int) -> str:
-    """A finished request's outcome label, from its status and its log line's outcome."""
+    """A finished request's outcome label, from its status (for a stream that ended with an
+    error event, that error's) and its log line's outcome."""
+    status = record.error_status or status
     if record.outcome == "client disconnected" or status == 499:
         return "disconnected"
     if status == 429:
@@ -99,26 +110,34 @@ class Metrics:
                                   buckets=DURATION_BUCKETS, registry=self.registry)
         self.tokens = Counter("chatbridge_tokens", "Tokens by the upstream's usage",
                               ["provider", "key", "kind"], registry=self.registry)
+        self.children = {}
         self.open_streams = Gauge("chatbridge_open_streams", "Responses streaming now",
                                   registry=self.registry, multiprocess_mode="livesum")
 
-    def attempt(self, provider: str, key, result: str) -> None:
-        self.attempts.labels(provider, key_label(key), result).inc()
+    def child(self, metric, *labels):
+        """metric.labels(*labels), looked up once: prometheus_client checks labels each time."""
+        child = self.children.get((metric, labels))
+        if child is None:
+            child = self.children[metric, labels] = metric.labels(*labels)
+        return child
 
-    def request_done(self, record: RequestLog, status: int) -> None:
-        """Count a finished chat request (those with a shape the API list names)."""
-        api = APIS.get(record.shape)
+    def attempt(self, provider: str, key, result: str) -> None:
+        self.child(self.attempts, provider, key_label(key), result).inc()
+
+    def request_done(self, record: RequestLog, status: int, api: str | None) -> None:
+        """Count a finished chat request (api_of); others are not counted."""
         if api is None:
             return
-        self.requests.labels(api, record.provider, outcome_of(record, status)).inc()
-        self.duration.labels(api).observe(time.monotonic() - record.started)
+        provider = record.provider if record.provider != "-" else "none"
+        self.child(self.requests, api, provider, outcome_of(record, status)).inc()
+        self.child(self.duration, api).observe(time.monotonic() - record.started)
         if record.first_token is not None:
-            self.ttft.labels(record.provider).observe(record.first_token - record.started)
+            self.child(self.ttft, record.provider).observe(record.first_token - record.started)
         if record.usage and record.key != "-":
             for kind, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
                 count = record.usage.get(field)
                 if isinstance(count, int) and count > 0:
-                    self.tokens.labels(record.provider, record.key[-4:], kind).inc(count)
+                    self.child(self.tokens, record.provider, record.key[-4:], kind).inc(count)
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format: every worker's, under gunicorn."""

@@ -197,6 +197,7 @@ def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Ca
     except Exception as exc:
         message = failure_text(exc)
         record.outcome = f"error: {message}"
+        record.error_status = exc.status if isinstance(exc, ChatBridgeError) else 500
         yield writer.error(message)
     finally:
         cancel.cancel()

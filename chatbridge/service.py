@@ -6,8 +6,8 @@ the answer with failover (keys.py), or from a provider that needs no key.
 """
 
 import time
-from functools import partial
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from flask import current_app, has_request_context, request
@@ -69,9 +69,10 @@ class Service:
         if new_attempt:
             self.metrics.attempt(provider, key, result)
 
-    def request_done(self, record: RequestLog, status: int) -> None:
-        """Count a finished request in the metrics, and its tokens in its key's usage."""
-        self.metrics.request_done(record, status)
+    def request_done(self, record: RequestLog, status: int, api: str | None) -> None:
+        """Count a finished request in the metrics (api: metrics.api_of), and its tokens in its
+        key's usage."""
+        self.metrics.request_done(record, status, api)
         if record.usage and record.key_id:
             self.usage.tokens(record.provider, record.key_id, record.usage)
 

@@ -1,7 +1,8 @@
 """Shared state: what every worker and instance must agree on.
 
 Rotation counters, cooldown marks and per-key counters (keys.py), conversations and cached
-uploads (conversations.py) live behind StateStore:
+uploads (conversations.py), per-key usage (usage.py), key checks and their lease
+(key_checks.py) live behind StateStore:
 - FileStateStore, the default: JSON documents in TEMP_DATA_DIR, each changed under one of 64
   striped flock(2) locks (chatbridge/filelocks.py) and written to a
   temporary file that then replaces it, so a worker killed mid-write never leaves a document

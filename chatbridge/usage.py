@@ -6,8 +6,8 @@ Rules (issue 12):
   more, for the day a Pacific date trails UTC), per-minute counts for an hour.
 - Counting costs no state-store write on the request's path: each worker adds its counts up in
   memory, and a background (green) thread of its own adds them to the store in one update at
-  most every FLUSH_SECONDS, and at worker exit (gunicorn.conf.py's worker_exit). What a worker
-  killed with SIGKILL had not yet flushed is lost.
+  most every FLUSH_SECONDS, and at exit (gunicorn.conf.py's worker_exit, and atexit). What a
+  worker killed with SIGKILL had not yet flushed is lost.
 - Tokens are the upstream's own usage figures (Delta("usage"): prompt_tokens, completion_tokens,
   thinking included), counted once per answer.
 - A failure counts against its key by its class (FAILURE_CLASSES); a request's own fault
@@ -67,6 +67,7 @@ class UsageBook:
         self.store, self.flush_seconds = store, flush_seconds
         self.zones = {name: zone_of(zone) for name, zone in zones.items()}
         self.pending = {}
+        self.days = {}  # provider -> (epoch minute, its quota day then)
         self.lock = threading.Lock()
         self.flusher_pid = None
 
@@ -89,7 +90,7 @@ class UsageBook:
 
     def add(self, provider: str, key_id: str, day: dict, minute: dict | None) -> None:
         now = time.time()
-        today = day_of(self.zones.get(provider, UTC), now).isoformat()
+        today = self.today(provider, now)
         with self.lock:
             days = self.pending.setdefault("days", {}).setdefault(provider, {})
             add_counts(days.setdefault(today, {}).setdefault(key_id, {}), day)
@@ -99,6 +100,14 @@ class UsageBook:
                            minute)
         if self.flusher_pid != os.getpid():
             self.start_flusher()
+
+    def today(self, provider: str, now: float) -> str:
+        """The provider's quota day as YYYY-MM-DD, worked out once a minute."""
+        minute, day = self.days.get(provider, (None, ""))
+        if minute != now // 60:
+            day = day_of(self.zones.get(provider, UTC), now).isoformat()
+            self.days[provider] = (now // 60, day)
+        return day
 
     def flush(self) -> None:
         """Add this worker's counts to the store in one update."""

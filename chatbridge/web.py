@@ -5,7 +5,9 @@ unless given a Config, sets up logging, opens the state store, registers one blu
 client API (chatbridge/apis/), limits each client's requests (chatbridge/limits.py) and says
 once per server what is configured. Every response
 gets nosniff and no-referrer; the page also gets a strict Content-Security-Policy (its own
-scripts and styles only). One log line per request, written when its body has been sent.
+scripts and styles only). One log line per request, written when its body has been sent, when
+the request is also counted in the metrics and its key's usage (chatbridge/metrics.py, usage.py);
+each worker starts its key re-checks on its first request (chatbridge/key_checks.py).
 """
 
 import logging
@@ -27,6 +29,7 @@ from .config import PROJECT_DIR, Config, load_config
 from .errors import ClientError
 from .limits import install_rate_limits
 from .logs import RequestLog, log, setup_logging
+from .metrics import api_of
 from .service import Service, current_service
 
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -160,17 +163,20 @@ def count_when_done(response: Response) -> Response:
     """Count a request in the metrics and its key's usage once its body has been sent, and a
     stream among the open ones while it is being sent."""
     service, record = current_service(), g.chat_log
+    api = api_of(record.shape, request.endpoint)
     streaming = response.is_streamed and response.mimetype == "text/event-stream"
     if streaming:
         service.metrics.open_streams.inc()
-    response.call_on_close(lambda: stream_done(service, record, response.status_code, streaming))
+    response.call_on_close(lambda: request_done(service, record, response.status_code, api,
+                                                streaming))
     return response
 
 
-def stream_done(service: Service, record: RequestLog, status: int, streaming: bool) -> None:
+def request_done(service: Service, record: RequestLog, status: int, api: str | None,
+                 streaming: bool) -> None:
     if streaming:
         service.metrics.open_streams.dec()
-    service.request_done(record, status)
+    service.request_done(record, status, api)
 
 
 def announce(service: Service) -> None:

@@ -57,7 +57,9 @@ SOURCE_DEFAULTS = {"temperature": 0.7, "max_tokens": 4096}  # the Persian source
 def chat():
     """Answer any of the three shapes; the status is settled before the first byte."""
     svc = current_service()
-    chat = parse_request(read_json_body(), svc.config, svc.providers,
+    body = read_json_body()
+    g.chat_log.shape = body_shape(body) or "-"  # a refused request is counted under its API too
+    chat = parse_request(body, svc.config, svc.providers,
                          partial(svc.conversations.cached_upload, owner=g.owner))
     svc.resume(chat, g.owner)
     remember = partial(svc.conversations.remember, chat, g.owner)
@@ -138,16 +140,25 @@ bp.before_request(require_access_token)
 # ---------------------------------------------------------------- requests
 
 
+def body_shape(body: dict) -> str | None:
+    """Which of the three shapes a /api/chat body is: ui (`messages`), B (`user_content`), A
+    (`message`), or None."""
+    if "messages" in body:
+        return "ui"
+    if "user_content" in body or "message" in body:
+        return "B" if "user_content" in body else "A"
+    return None
+
+
 def parse_request(body: dict, config: Config, registry, uploads: Callable) -> ChatRequest:
     """Validate a /api/chat body of any of its three shapes into a ChatRequest.
 
     uploads(file_id) returns a cached upload's record or None.
     """
-    if "messages" in body:
-        shape = "ui"
+    shape = body_shape(body)
+    if shape == "ui":
         system, turns = ui_stream.parse_messages(body["messages"], config)
-    elif "user_content" in body or "message" in body:
-        shape = "B" if "user_content" in body else "A"
+    elif shape in ("A", "B"):
         system, turns = parse_source_turns(body, shape, config, uploads)
     else:
         raise ClientError("the body needs 'message' (streaming chat), 'user_content' "
