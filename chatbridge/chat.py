@@ -66,6 +66,7 @@ class ChatRequest:
     tool_choice: Any = None
     include_usage: bool = False
     thinking: bool | None = None  # ask for the model's reasoning; None: as the model allows
+    thinking_budget: int | None = None  # tokens the model may think for (Anthropic's budget_tokens)
     # Settings the client API implies where the request gives none (the Persian source's
     # temperature 0.7 and 4096 tokens); an upstream whose own defaults its source relied on
     # (the OpenAI-compatible one, as the ZJU source used it) does not take them.

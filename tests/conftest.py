@@ -40,7 +40,8 @@ CLEARED = ("ALL_GEMINI_API_KEYS", "ZJU_API_KEY", "GEMINI_BASE_URL", "ZJU_BASE_UR
            "KEY_WAIT_SECONDS", "SSE_PING_SECONDS", "LOG_LANGUAGE", "HOST", "MAX_TURNS", "MAX_PARTS",
            "MAX_TOOLS", "MAX_TEXT_CHARS", "MAX_JSON_VALUES", "MAX_JSON_DEPTH", "RATE_LIMIT",
            "TRUSTED_PROXIES", "UPLOAD_CACHE_MB", "HTTP_PROXY", "HTTPS_PROXY",
-           "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy")
+           "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy",
+           "ZJU_MAX_TOKENS")
 
 
 @pytest.fixture(autouse=True)

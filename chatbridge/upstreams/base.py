@@ -47,6 +47,7 @@ class Provider:
     key_variable = ""  # the setting that holds its keys
     owned_by = ""  # in GET /v1/models
     needs_keys = True
+    counts_tokens = False  # whether count_tokens asks the upstream (with a key)
 
     def __init__(self, keys: tuple = (), default_model: str = ""):
         self.keys = keys

@@ -35,9 +35,14 @@ class OpenAICompatProvider(HttpProvider):
     def claims(self, model):
         return True  # every name no other provider claims
 
+    max_tokens = 0  # ZJU_MAX_TOKENS: the most output tokens a request may ask for; 0: any
+
     @classmethod
     def from_config(cls, config, transport):
-        return cls(config.openai_compat_keys, config.openai_compat_base_url, transport, FALLBACK_MODEL)
+        provider = cls(config.openai_compat_keys, config.openai_compat_base_url, transport,
+                       FALLBACK_MODEL)
+        provider.max_tokens = config.openai_compat_max_tokens
+        return provider
 
     def file_refusal(self, mime_type):
         if openai_takes(mime_type):
@@ -57,6 +62,9 @@ class OpenAICompatProvider(HttpProvider):
             settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens}
             body = {name: value for name, value in settings.items() if value is not None}
         body.update(model=chat.model, messages=messages, stream=stream)
+        for name in ("max_tokens", "max_completion_tokens"):  # lowered to ZJU_MAX_TOKENS
+            if self.max_tokens and isinstance(body.get(name), int) and body[name] > self.max_tokens:
+                body[name] = self.max_tokens
         if stream and chat.include_usage:
             body["stream_options"] = {"include_usage": True}
         return f"{self.base_url}/chat/completions", {"Authorization": f"Bearer {key.secret}"}, body
