@@ -172,16 +172,16 @@ def parse_messages(raw: Any, config: Config) -> tuple:
                                             "MAX_TURNS")):
         where = f"messages[{index}]"
         role = message.get("role") if isinstance(message, dict) else None
-        blocks = content_blocks(message.get("content") if role else None, where, config)
+        if role not in ("system", "user", "assistant"):
+            raise ClientError(f"'{where}.role' must be user or assistant")
+        blocks = content_blocks(message.get("content"), where, config)
         if role == "system":
             system.append("\n".join(b["text"] for b in blocks if b.get("type") == "text"
                                     and isinstance(b.get("text"), str)))
         elif role == "user":
             turns += user_turns(blocks, where, config, calls)
-        elif role == "assistant":
-            turns += assistant_turns(blocks, where, calls)
         else:
-            raise ClientError(f"'{where}.role' must be user or assistant")
+            turns += assistant_turns(blocks, where, calls)
     if not any(turn.role in ("user", "tool") for turn in turns):
         raise ClientError("'messages' needs at least one user message")
     if turns[-1].role == "assistant":
