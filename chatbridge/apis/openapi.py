@@ -561,8 +561,9 @@ DOCUMENT = {
         "description": (
             "A backend between chat frontends and LLM APIs, with a pool of upstream keys. "
             "/api speaks the source backends' shapes and the Vercel AI SDK's useChat; /v1 "
-            "speaks OpenAI's Chat Completions and Anthropic's Messages. With ACCESS_TOKENS set, both need one of those "
-            "tokens as a bearer token (open while it is unset); GET /api/keys needs the "
+            "speaks OpenAI's Chat Completions and Anthropic's Messages. With ACCESS_TOKENS "
+            "set, both need one of those tokens as a bearer token (open while it is unset); "
+            "GET /api/keys needs the "
             "ADMIN_TOKEN. Out of scope here: the Gemini pass-through under /v1beta (and POST "
             "/v1/models/{model}:{method}), which is Google's own REST API, documented by Google."),
     },
