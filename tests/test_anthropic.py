@@ -89,7 +89,8 @@ def test_the_sdk_gets_a_message(server, gemini, openai, model, stream):
 
 
 def test_the_raw_stream_has_anthropics_events_in_order(server, gemini):
-    gemini.script = lambda r: gemini_stream(["Hel", "lo"], thoughts=["Hmm."])
+    frames = gemini_stream(["Hel", "lo"], thoughts=["Hmm."]).chunks
+    gemini.script = lambda r: Reply(chunks=frames[:1] + [1.2] + frames[1:])  # silent for a while
     body = {"model": "gemini-2.5-flash", "max_tokens": 100, "messages": HELLO, "stream": True}
     response = requests.post(server.url + "/v1/messages?beta=true", json=body, timeout=TIMEOUT,
                              headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
@@ -97,6 +98,7 @@ def test_the_raw_stream_has_anthropics_events_in_order(server, gemini):
     events = [(block.split("\n")[0], json.loads(block.split("\n")[1][6:]))
               for block in response.text.strip().split("\n\n")]
     assert all(name == f"event: {data['type']}" for name, data in events)
+    assert ("event: ping", {"type": "ping"}) in events, "pings while the model is silent"
     types = [data["type"] for _, data in events if data["type"] != "ping"]
     assert types == ["message_start", "content_block_start", "content_block_delta",
                      "content_block_stop", "content_block_start", "content_block_delta",
@@ -285,13 +287,22 @@ def test_count_tokens_fails_over_to_the_next_key(server, gemini):
 # ---------------------------------------------------------------- the key pool and errors
 
 
+def first_zju_key_429(recorded):
+    if recorded.key == ZJU_KEYS[0]:
+        return Reply(status=429, headers={"Retry-After": "40"}, chunks=[
+            b'{"error": {"message": "Rate limit reached", "type": "rate_limit", "code": 429}}'])
+    return None
+
+
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_429_on_the_first_key_fails_over_and_the_key_rests(server, gemini, stream):
+@pytest.mark.parametrize("model, pool", [("gemini-2.5-flash", GEMINI_KEYS), ("deepseek-v3-671b", ZJU_KEYS)])
+def test_a_429_on_the_first_key_fails_over_and_the_key_rests(server, gemini, openai, model, pool, stream):
     gemini.script = lambda r: gemini_429("30s") if r.key == K0 else None
+    openai.script = first_zju_key_429
     for _ in range(3):
-        assert ask(server, stream).content[0].text == "You said: hello"
-    keys = [r.key for r in posted(gemini)]
-    assert keys[:2] == [K0, K1] and K0 not in keys[2:], "the rate-limited key rests"
+        assert ask(server, stream, model=model).content[0].text == "You said: hello"
+    keys = [r.key for r in posted(gemini if model.startswith("gemini") else openai)]
+    assert keys[:2] == list(pool[:2]) and pool[0] not in keys[2:], "the rate-limited key rests"
 
 
 def every_key_429(recorded):
@@ -380,6 +391,15 @@ def test_bad_requests_get_anthropics_error_shape(make_app, fields, status, kind,
 def test_other_errors_get_anthropics_error_shape(make_app, settings, request_args, status, kind):
     response = make_app(**settings).test_client().post("/v1/messages/count_tokens", **request_args)
     assert (response.status_code, response.json["error"]["type"]) == (status, kind)
+
+
+def test_over_the_rate_limit_is_anthropics_rate_limit_error(make_app):
+    client = make_app(RATE_LIMIT="1/minute").test_client()
+    body = {"model": "echo", "max_tokens": 10, "messages": HELLO}
+    assert client.post("/v1/messages", json=body).status_code == 200
+    response = client.post("/v1/messages", json=body)
+    assert (response.status_code, response.json["error"]["type"]) == (429, "rate_limit_error")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
 def test_an_upstream_that_ignores_the_stream_flag_is_still_read(server, gemini):
