@@ -123,6 +123,16 @@ def test_thoughts_arrive_as_thinking_blocks(server, gemini, stream):
     assert thinking == {"includeThoughts": True, "thinkingBudget": 24576}
 
 
+@pytest.mark.parametrize("thinking, config", [
+    ({"type": "enabled", "budget_tokens": 2048, "display": "omitted"}, {"thinkingBudget": 2048}),
+    ({"type": "disabled"}, None),
+    ({"type": "adaptive"}, {"includeThoughts": True}),
+])
+def test_the_thinking_settings_reach_gemini(server, gemini, thinking, config):
+    ask(server, False, thinking=thinking)
+    assert posted(gemini)[0].json["generationConfig"].get("thinkingConfig") == config
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_max_tokens_and_settings_become_a_gemini_request(server, gemini, stream):
     # this SDK no longer has temperature, top_p and top_k; older clients still send them

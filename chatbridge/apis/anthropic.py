@@ -15,8 +15,9 @@ Rules:
   `tool_use` block of the call it belongs to; sent back, a thinking block's signature goes
   onto the next `tool_use` of the same message (as /v1 carries it on a tool call).
 - `thinking`: `enabled` asks for the model's thoughts with `budget_tokens` as Gemini's
-  thinking budget; `disabled`, or `display: omitted`, does not ask for them; `adaptive`
-  leaves it to the model. `max_tokens` is lowered by each provider to what its model allows.
+  thinking budget; `disabled`, or `display: omitted`, does not ask for them (the budget
+  still holds); `adaptive` leaves it to the model. `max_tokens` is lowered by each provider
+  to what its model allows.
 - Errors have Anthropic's shape {"type": "error", "error": {"type", "message"},
   "request_id"} and its statuses: 400 invalid_request_error, 401 authentication_error,
   403 permission_error, 404 not_found_error, 413 request_too_large, 429 rate_limit_error
@@ -353,11 +354,13 @@ def parse_thinking(raw: Any) -> tuple:
     if kind not in ("enabled", "disabled", "adaptive"):
         raise ClientError("'thinking' must be {type: enabled, budget_tokens}, {type: disabled} "
                           "or {type: adaptive}")
-    if kind == "disabled" or raw.get("display") == "omitted":
+    if kind == "disabled":
         return False, None
-    if kind == "adaptive":
-        return None, None
-    return True, optional(raw, "budget_tokens", int, lambda v: v > 0, "a positive integer")
+    budget = optional(raw, "budget_tokens", int, lambda v: v > 0, "a positive integer") \
+        if kind == "enabled" else None
+    if raw.get("display") == "omitted":  # the client will not show thoughts: do not ask for them
+        return False, budget
+    return (True if kind == "enabled" else None), budget
 
 
 # ---------------------------------------------------------------- answers

@@ -234,7 +234,7 @@ def without(chat: ChatRequest, feature: str) -> ChatRequest:
         return replace(chat, tools=None, tool_choice=None)
     if feature == "json_mode":
         return replace(chat, response_format=None)
-    return replace(chat, thinking=False)
+    return replace(chat, thinking=False, thinking_budget=None)
 
 
 def generating_model(entry) -> str | None:
@@ -295,11 +295,13 @@ def gemini_generation(chat: ChatRequest) -> dict:
         schema = (chat.response_format.get("json_schema") or {}).get("schema")
         if schema:
             generation["responseJsonSchema"] = schema
+    thinking = {}
     if chat.thinking if chat.thinking is not None else thinking_model(chat.model):
-        generation["thinkingConfig"] = {"includeThoughts": True}
-        if chat.thinking_budget:
-            generation["thinkingConfig"]["thinkingBudget"] = min(chat.thinking_budget,
-                                                                 takes.thinking_budget)
+        thinking["includeThoughts"] = True
+    if chat.thinking_budget:  # a budget, with or without the thoughts in the answer
+        thinking["thinkingBudget"] = min(chat.thinking_budget, takes.thinking_budget)
+    if thinking:
+        generation["thinkingConfig"] = thinking
     return generation
 
 
