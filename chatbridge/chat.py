@@ -16,11 +16,13 @@ FIRST_TOKEN_KINDS = CONTENT_KINDS + ("event", "bytes")  # passed-through Gemini 
 
 @dataclass(frozen=True)
 class Attachment:
-    """A file sent with a message, as base64."""
+    """A file sent with a message, as base64; or as a URL the upstream fetches itself
+    (Anthropic's `url` sources), with no data."""
 
     mime_type: str
     data: str
     filename: str = ""
+    url: str = ""
 
     @property
     def size(self) -> int:

@@ -234,6 +234,20 @@ def test_an_image_reaches_the_model(server, gemini, model):
     assert {"inline_data": {"mime_type": "image/png", "data": PNG_B64}} in parts
 
 
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "deepseek-v3-671b"])
+def test_a_url_source_goes_to_the_upstream_to_fetch(server, gemini, openai, model):
+    url = "https://example.com/pictures/cat.png?size=large"
+    ask(server, False, model=model, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": url}},
+        {"type": "text", "text": "What is this?"}]}])
+    if model.startswith("gemini"):
+        parts = posted(gemini)[0].json["contents"][0]["parts"]
+        assert {"file_data": {"mime_type": "image/png", "file_uri": url}} in parts
+    else:
+        parts = posted(openai)[0].json["messages"][0]["content"]
+        assert {"type": "image_url", "image_url": {"url": url}} in parts
+
+
 def test_what_claude_code_sends_is_accepted(server, gemini):
     """The request shape Claude Code 2.1 sends (observed against a logging fake)."""
     tools = [dict(WEATHER_TOOL, input_schema={
@@ -368,7 +382,9 @@ BAD_BODIES = [  # fields over a valid request, status, error type, words in the 
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]},
      400, "invalid_request_error", "tool_use_id"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
-        "type": "url", "url": "http://127.0.0.1/cat.png"}}]}]}, 400, "invalid_request_error", "base64"),
+        "type": "file", "file_id": "file_01"}}]}]}, 400, "invalid_request_error", "Files API"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "url", "url": "file:///etc/passwd"}}]}]}, 400, "invalid_request_error", "https"),
     ({"messages": HELLO + [{"role": "assistant", "content": "Sure"}]}, 400,
      "invalid_request_error", "prefill"),
     ({"temperature": 1.5}, 400, "invalid_request_error", "temperature"),

@@ -11,6 +11,8 @@ Rules:
   clients add new ones often.
 - Server tools the upstream cannot run (`web_search_…`, `bash_…`, any `type` but `custom`) are
   left out and logged; client tools become function tools.
+- Files come as base64 sources, or as `url` sources that the upstream fetches itself (Gemini's
+  file_data, OpenAI's image_url): ChatBridge never fetches a client's URL.
 - Gemini's thought signature rides in a `thinking` block's `signature`, just before the
   `tool_use` block of the call it belongs to; sent back, a thinking block's signature goes
   onto the next `tool_use` of the same message (as /v1 carries it on a tool call).
@@ -26,13 +28,16 @@ Rules:
 """
 
 import json
+import mimetypes
+import re
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, g, jsonify
 
 from ..auth import require_access_token
-from ..chat import ChatRequest, Delta, ToolCallTracker, Turn, parse_json
+from ..chat import Attachment, ChatRequest, Delta, ToolCallTracker, Turn, parse_json
 from ..config import Config
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NoKeyAvailable, Unauthorized, UpstreamError
 from ..logs import log
@@ -41,12 +46,22 @@ from ..service import current_service
 from ..sse import StreamWriter
 from ..upstreams.base import estimate_tokens
 from .common import install_error_handler, note_request, read_json_body, stream_response
-from .fields import bounded, check_text, checked_file, model_field, optional, positive_field, stream_field
+from .fields import (
+    bounded,
+    check_file_type,
+    check_text,
+    checked_file,
+    model_field,
+    optional,
+    positive_field,
+    stream_field,
+)
 
 bp = Blueprint("anthropic", __name__)
 # What Claude Code puts first in its system prompt: metadata for Anthropic's billing, not an
 # instruction; it changes with every version, so it would only defeat an upstream's caching.
 BILLING_HEADER = "x-anthropic-billing-header:"
+WEB_URL = re.compile(r"https?://[^\s/?#]+[^\s]{0,2000}")
 IGNORED_BLOCKS = {"redacted_thinking", "server_tool_use", "web_search_tool_result",
                   "web_fetch_tool_result", "code_execution_tool_result", "mcp_tool_use",
                   "mcp_tool_result", "container_upload", "tool_reference"}
@@ -266,11 +281,27 @@ def source_file(block: dict, at: str, config: Config):
         return checked_file(media_type, source["data"], title, at, config)
     if kind == "text" and isinstance(source.get("data"), str):
         return source["data"]
-    if kind in ("url", "file"):
-        raise ClientError(f"'{at}.source' of type {kind} is not supported: send the file as "
-                          "{type: base64, media_type, data}")
-    raise ClientError(f"'{at}.source' must be {{type: base64, media_type, data}} (or a "
-                      "document's {type: text, media_type: text/plain, data})")
+    if kind == "url" and isinstance(source.get("url"), str):
+        return url_file(block, source["url"], at, config)
+    if kind == "file":
+        raise ClientError(f"'{at}.source' of type file (Anthropic's Files API) is not supported: "
+                          "send the file as {type: base64, media_type, data} or a url")
+    raise ClientError(f"'{at}.source' must be {{type: base64, media_type, data}}, {{type: url, "
+                      "url}} (or a document's {type: text, media_type: text/plain, data})")
+
+
+def url_file(block: dict, url: str, at: str, config: Config) -> Attachment:
+    """A file the upstream fetches itself from an http(s) URL (ChatBridge never does): its
+    type from the URL's extension, else a JPEG image or a PDF document, as Anthropic takes."""
+    if not WEB_URL.fullmatch(url):
+        raise ClientError(f"'{at}.source.url' must be an http or https URL")
+    guessed = mimetypes.guess_type(urlsplit(url).path)[0] or ""
+    family = "image/" if block["type"] == "image" else ""
+    mime_type = guessed if guessed.startswith(family) and guessed else (
+        "image/jpeg" if family else "application/pdf")
+    check_file_type(mime_type, at, config)
+    title = block.get("title") if isinstance(block.get("title"), str) else ""
+    return Attachment(mime_type, "", title, url=url)
 
 
 def assistant_turns(blocks: list, where: str, calls: dict) -> list:

@@ -255,7 +255,8 @@ def gemini_parts(turn: Turn) -> list:
                                                              else result}
         return [{"functionResponse": {"name": turn.tool_name, "response": response}}]
     parts = [{"text": turn.text}] if turn.text else []
-    parts += [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
+    parts += [{"file_data": {"mime_type": f.mime_type, "file_uri": f.url}} if f.url else
+              {"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
     for call in turn.tool_calls:
         args = parse_json(call["arguments"])
         part = {"functionCall": {"name": call["name"], "args": args if isinstance(args, dict)

@@ -103,9 +103,10 @@ def openai_message(turn: Turn) -> dict:
     text = turn.text
     for file in turn.files:
         if not file.mime_type.startswith("image/"):
-            content = base64.b64decode(file.data).decode("utf-8", errors="replace")
+            content = file.url or base64.b64decode(file.data).decode("utf-8", errors="replace")
             text = f"{text}\n\n[file {file.filename or ''}]\n{content}".strip()
-    images = [{"type": "image_url", "image_url": {"url": f"data:{f.mime_type};base64,{f.data}"}}
+    images = [{"type": "image_url", "image_url": {
+        "url": f.url or f"data:{f.mime_type};base64,{f.data}"}}
               for f in turn.files if f.mime_type.startswith("image/")]
     if not images:
         return {"role": turn.role, "content": text}
