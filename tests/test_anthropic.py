@@ -358,6 +358,30 @@ def test_the_sdk_sees_anthropics_statuses(server, gemini, stream, script, status
         assert 29 <= int(raised.value.response.headers["retry-after"]) <= 31
 
 
+def too_long_for_gemini(recorded):
+    return gemini_error(400, "INVALID_ARGUMENT", "The input token count (1100000) exceeds the "
+                                                 "maximum number of tokens allowed (1048576).")
+
+
+def too_long_for_openai(recorded):
+    return Reply(status=400, chunks=[json.dumps({"error": {
+        "message": "This model's maximum context length is 131072 tokens. However, you "
+                   "requested 140000 tokens (139000 in the messages, 1000 in the completion).",
+        "type": "invalid_request_error", "param": None, "code": "context_length_exceeded"}}).encode()])
+
+
+@pytest.mark.parametrize("model, used, limit", [("gemini-2.5-flash", 1100000, 1048576),
+                                                ("deepseek-v3-671b", 140000, 131072)])
+def test_a_context_too_long_is_said_in_anthropics_words(server, gemini, openai, model, used, limit):
+    """Claude Code compacts the conversation when it reads "prompt is too long"."""
+    gemini.script, openai.script = too_long_for_gemini, too_long_for_openai
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        ask(server, True, model=model)
+    message = raised.value.body["error"]["message"]
+    assert message.startswith(f"prompt is too long: {used} tokens > {limit} maximum (")
+    assert len(posted(gemini) + posted(openai)) == 1, "not tried on other keys"
+
+
 def test_a_failure_after_the_stream_began_is_an_error_event(server, gemini):
     gemini.script = lambda r: gemini_midstream_error(["Hello ", "there"])
     with pytest.raises(anthropic.APIStatusError) as raised:

@@ -62,6 +62,11 @@ bp = Blueprint("anthropic", __name__)
 # instruction; it changes with every version, so it would only defeat an upstream's caching.
 BILLING_HEADER = "x-anthropic-billing-header:"
 WEB_URL = re.compile(r"https?://[^\s/?#]+[^\s]{0,2000}")
+# Gemini's and OpenAI-compatible servers' words for a prompt over the model's context window
+CONTEXT_TOO_LONG = re.compile(
+    r"input token count \(?(?P<used>\d+)\)? exceeds the maximum number of tokens allowed "
+    r"\(?(?P<limit>\d+)\)?|maximum context length is (?P<limit2>\d+) tokens.{0,80}?"
+    r"(?P<used2>\d+) tokens", re.I | re.S)
 IGNORED_BLOCKS = {"redacted_thinking", "server_tool_use", "web_search_tool_result",
                   "web_fetch_tool_result", "code_execution_tool_result", "mcp_tool_use",
                   "mcp_tool_result", "container_upload", "tool_reference"}
@@ -122,8 +127,18 @@ def error_status(error: Exception) -> tuple:
 def render_error(error: ChatBridgeError) -> tuple:
     """An error as Anthropic's API writes it."""
     status, kind = error_status(error)
-    return {"type": "error", "error": {"type": kind, "message": error.message},
+    return {"type": "error", "error": {"type": kind, "message": public_message(error)},
             "request_id": g.chat_log.request_id}, status
+
+
+def public_message(error: ChatBridgeError) -> str:
+    """The error's message; an upstream's "context too long" in Anthropic's words ("prompt is
+    too long: N tokens > M maximum"), which Claude Code reads to compact the conversation."""
+    found = CONTEXT_TOO_LONG.search(error.message) if isinstance(error, UpstreamError) else None
+    if not found:
+        return error.message
+    used, limit = found["used"] or found["used2"], found["limit"] or found["limit2"]
+    return f"prompt is too long: {used} tokens > {limit} maximum ({error.message})"
 
 
 install_error_handler(bp, render_error)
