@@ -4,7 +4,8 @@ blueprint with an error handler that renders every error in that API's format.
 - source.py: the two source backends' /api/chat shapes A and B, /api/upload, /api/chats
 - ui_stream.py: the Vercel AI SDK's useChat protocol on the same /api/chat
 - openai_chat.py: OpenAI's Chat Completions and model list under /v1
-- anthropic.py: Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens)
+- anthropic.py: Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens); its
+  request parser is anthropic_request.py
 - gemini_native.py: Gemini's own REST API passed through under /v1beta (and /v1)
 - admin.py: the operator's /api/keys
 - openapi.py: the OpenAPI 3.1 contract of /api and /v1, served at /openapi.json
