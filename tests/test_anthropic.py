@@ -16,6 +16,7 @@ from tests.fakes import (
     field,
     gemini_429,
     gemini_answer,
+    gemini_chunk,
     gemini_error,
     gemini_events,
     gemini_function_call_events,
@@ -184,6 +185,32 @@ def test_a_gemini_tool_use_round_trip_keeps_the_thought_signature(server, gemini
     assert field(called, "thoughtSignature") == signature
     [answered] = contents[2]["parts"]
     assert field(answered, "functionResponse") == {"name": "get_weather", "response": {"temp": 21}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_gemini_calls_keep_the_signature_on_the_first(server, gemini, stream):
+    cities = [{"city": "Paris"}, {"city": "Rome"}]
+    calls = [{"functionCall": {"name": "get_weather", "args": cities[0]}, "thoughtSignature": SIGNATURE},
+             {"functionCall": {"name": "get_weather", "args": cities[1]}}]
+
+    def reply(recorded):
+        if "functionResponse" in json.dumps(recorded.json):
+            return gemini_answer(recorded, gemini_events(["Both are sunny."]))
+        return gemini_answer(recorded, [gemini_chunk(parts=calls, finish="STOP")])
+
+    gemini.script = reply
+    first = ask(server, stream, messages=[QUESTION], tools=[WEATHER_TOOL])
+    assert [b.type for b in first.content] == ["thinking", "tool_use", "tool_use"]
+    assert [b.input for b in first.content[1:]] == cities
+    assert len({b.id for b in first.content[1:]}) == 2
+    results = [{"type": "tool_result", "tool_use_id": b.id, "content": "sunny"}
+               for b in first.content[1:]]
+    messages = [QUESTION, {"role": "assistant", "content": first.content},
+                {"role": "user", "content": results}]
+    assert ask(server, stream, messages=messages, tools=[WEATHER_TOOL]).content[0].text == "Both are sunny."
+    model_turn, answers = posted(gemini)[-1].json["contents"][1:]
+    assert model_turn["parts"] == calls
+    assert [field(p, "functionResponse")["response"] for p in answers["parts"]] == [{"result": "sunny"}] * 2
 
 
 @pytest.mark.parametrize("stream", [False, True])
