@@ -103,6 +103,9 @@ class GeminiProvider(HttpProvider):
 
     def count_tokens(self, chat, key, cancel):
         """Gemini's own count (models/{model}:countTokens) of the request chat would make."""
+        return self.without_unsupported(chat, lambda c: self.count_request(c, key))
+
+    def count_request(self, chat: ChatRequest, key: ApiKey) -> int:
         url, headers, body = self.chat_request(chat, key, stream=False)
         url = url.rpartition(":")[0] + ":countTokens"
         request = {"generateContentRequest": {"model": f"models/{chat.model}", **body}}
