@@ -148,9 +148,13 @@ def test_max_tokens_and_settings_become_a_gemini_request(server, gemini, stream)
     assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
 
 
-def test_a_stop_for_the_token_limit_is_max_tokens(server, gemini):
-    gemini.script = lambda r: gemini_stream(["Once upon"], finish="MAX_TOKENS")
-    assert ask(server, True).stop_reason == "max_tokens"
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("finish, stop_reason", [("MAX_TOKENS", "max_tokens"), ("SAFETY", "refusal"),
+                                                 ("STOP", "end_turn")])
+def test_gemini_finish_reasons_become_stop_reasons(server, gemini, finish, stop_reason, stream):
+    gemini.script = lambda r: gemini_answer(r, gemini_events(["Once upon"], finish=finish))
+    message = ask(server, stream)
+    assert (message.stop_reason, message.content[0].text) == (stop_reason, "Once upon")
 
 
 # ---------------------------------------------------------------- tools and thought signatures
