@@ -8,8 +8,11 @@ import json
 import anthropic
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import GEMINI_KEYS, PNG_B64, TOKEN, ZJU_KEYS
+from tests.test_fuzz import FUZZ, any_json, assert_no_500, b64, maybe, mimes, models, sent, text
 from tests.fakes import (
     Reply,
     count_tokens,
@@ -22,6 +25,8 @@ from tests.fakes import (
     gemini_function_call_events,
     gemini_midstream_error,
     gemini_stream,
+    openai_completion,
+    openai_stream,
     openai_tool_call_completion,
     openai_tool_call_stream,
 )
@@ -487,3 +492,69 @@ def test_an_upstream_that_ignores_the_stream_flag_is_still_read(server, gemini):
     gemini.script = lambda r: Reply(chunks=[json.dumps(gemini_events(["Whole."])[0]).encode()],
                                     headers={"Content-Type": "application/json"})
     assert ask(server, True).content[0].text == "Whole."
+
+
+# ---------------------------------------------------------------- fuzzing (as tests/test_fuzz.py does)
+
+def mostly(*plausible):
+    """One of the plausible values, or one time in twenty any JSON at all."""
+    return st.integers(0, 19).flatmap(lambda n: any_json if n == 0 else st.one_of(*plausible))
+
+
+block_types = st.sampled_from(["text", "image", "document", "tool_use", "tool_result", "thinking",
+                               "redacted_thinking", "server_tool_use", "search_result"])
+source = maybe({"type": mostly(st.sampled_from(["base64", "url", "text", "file"])),
+                "media_type": mostly(mimes), "data": mostly(b64),
+                "url": mostly(st.sampled_from(["https://example.com/a.png", "ftp://x/y.png", ""]))})
+block = st.fixed_dictionaries({"type": mostly(block_types)}, optional={
+    "text": mostly(text), "source": mostly(source),
+    "id": mostly(st.sampled_from(["toolu_1", "toolu_2"])), "name": mostly(text),
+    "input": any_json, "tool_use_id": mostly(st.sampled_from(["toolu_1", "x"])),
+    "content": mostly(text, st.lists(any_json, max_size=2)), "is_error": mostly(st.booleans()),
+    "thinking": mostly(text), "signature": mostly(text), "cache_control": any_json})
+anthropic_message = st.fixed_dictionaries({
+    "role": mostly(st.sampled_from(["user", "user", "assistant", "system"])),
+    "content": mostly(text, st.lists(mostly(block), max_size=3))})
+anthropic_tool = st.fixed_dictionaries({"name": mostly(text), "input_schema": mostly(
+    st.just({"type": "object", "properties": {}}))}, optional={
+    "description": mostly(text), "type": mostly(st.sampled_from(["custom", "web_search_20250305"])),
+    "defer_loading": mostly(st.booleans())})
+anthropic_bodies = st.fixed_dictionaries({
+    "model": mostly(st.sampled_from(["echo", "gemini-2.5-flash", "deepseek-v3-671b"]), models),
+    "max_tokens": mostly(st.integers(1, 10**6)),
+    "messages": mostly(st.builds(lambda first, rest: [first, *rest], st.fixed_dictionaries(
+        {"role": st.just("user"), "content": st.sampled_from(["hi", "what is this?"])}),
+        st.lists(mostly(anthropic_message), max_size=3))),
+}, optional={
+    "system": mostly(text, st.lists(mostly(block), max_size=2)), "stream": mostly(st.booleans()),
+    "temperature": mostly(st.floats(0, 1)), "top_p": mostly(st.floats(0, 1)),
+    "stop_sequences": mostly(st.lists(text, max_size=3)),
+    "tools": mostly(st.lists(mostly(anthropic_tool), max_size=3)),
+    "tool_choice": mostly(maybe({"type": mostly(st.sampled_from(["auto", "any", "tool", "none"])),
+                                 "name": mostly(text)})),
+    "thinking": mostly(maybe({"type": mostly(st.sampled_from(["enabled", "disabled", "adaptive"])),
+                              "budget_tokens": mostly(st.integers(1, 10**6)),
+                              "display": mostly(st.just("omitted"))})),
+})
+
+
+@pytest.fixture
+def fine(gemini, openai):
+    """Fakes that answer fine whatever they are sent: a 5xx is then ChatBridge's own."""
+    gemini.script = lambda r: gemini_answer(r, gemini_events(["ok"]))
+    openai.script = lambda r: openai_stream(["ok"]) if r.stream else openai_completion("ok")
+
+
+def anthropic_error(response):
+    if response.status_code >= 400:
+        assert response.json["type"] == "error", response.json
+        assert isinstance(response.json["error"]["type"], str)
+        assert isinstance(response.json["error"]["message"], str) and response.json["error"]["message"]
+
+
+@settings(FUZZ, max_examples=200)
+@given(body=anthropic_bodies, path=st.sampled_from(["/v1/messages", "/v1/messages/count_tokens"]))
+def test_messages_bodies(client, fine, body, path):
+    response = sent(client, path, body)
+    assert_no_500(response)
+    anthropic_error(response)
