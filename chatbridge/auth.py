@@ -1,8 +1,9 @@
 """Access tokens (ACCESS_TOKENS) for the client APIs; the admin token (ADMIN_TOKEN) is
 checked with the same comparison by chatbridge/apis/admin.py.
 
-A client presents its token as `Authorization: Bearer <token>` (OpenAI's SDKs, curl), or as
-`x-goog-api-key: <token>` or `?key=<token>` (Google's SDK). The token stays here: it is never
+A client presents its token as `Authorization: Bearer <token>` (OpenAI's SDKs, curl), as
+`x-api-key: <token>` (Anthropic's SDKs), or as `x-goog-api-key: <token>` or `?key=<token>`
+(Google's SDK). The token stays here: it is never
 sent upstream. Tokens are compared in constant time.
 """
 
@@ -16,10 +17,13 @@ from .service import current_service
 
 
 def presented_token() -> str:
-    """The token a client sent: as a Bearer token (OpenAI style) or x-goog-api-key / key=."""
+    """The token a client sent: as a Bearer token (OpenAI style), x-api-key (Anthropic's) or
+    x-goog-api-key / key=."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if request.headers.get("x-api-key", "").strip():
+        return request.headers["x-api-key"].strip()
     return request.headers.get("x-goog-api-key", "") or request.args.get("key", "")
 
 

@@ -16,11 +16,13 @@ FIRST_TOKEN_KINDS = CONTENT_KINDS + ("event", "bytes")  # passed-through Gemini 
 
 @dataclass(frozen=True)
 class Attachment:
-    """A file sent with a message, as base64."""
+    """A file sent with a message, as base64; or as a URL the upstream fetches itself
+    (Anthropic's `url` sources), with no data."""
 
     mime_type: str
     data: str
     filename: str = ""
+    url: str = ""
 
     @property
     def size(self) -> int:
@@ -66,6 +68,7 @@ class ChatRequest:
     tool_choice: Any = None
     include_usage: bool = False
     thinking: bool | None = None  # ask for the model's reasoning; None: as the model allows
+    thinking_budget: int | None = None  # tokens the model may think for (Anthropic's budget_tokens)
     # Settings the client API implies where the request gives none (the Persian source's
     # temperature 0.7 and 4096 tokens); an upstream whose own defaults its source relied on
     # (the OpenAI-compatible one, as the ZJU source used it) does not take them.

@@ -53,6 +53,7 @@ class Config:
     gemini_model: str = "gemini-2.5-flash"
     openai_compat_keys: tuple = ()  # ZJU_API_KEY: the OpenAI-compatible upstream's user-facing name is zju
     openai_compat_base_url: str = "https://chat.zju.edu.cn/api/ai/v1"
+    openai_compat_max_tokens: int = 0  # ZJU_MAX_TOKENS: the most output tokens to ask; 0: any
     default_model: str = ECHO_MODEL
     host: str = "127.0.0.1"  # where `python app.py` listens; gunicorn takes --bind instead
     port: int = 5000
@@ -278,6 +279,7 @@ def upstream_settings(settings: Settings) -> dict:
         gemini_model=gemini_model,
         openai_compat_keys=openai_compat_keys,
         openai_compat_base_url=settings.url("ZJU_BASE_URL", Config.openai_compat_base_url),
+        openai_compat_max_tokens=settings.number("ZJU_MAX_TOKENS", 0, 0, int),
         default_model=settings.text("DEFAULT_MODEL", fallback_model),
         connect_timeout=settings.number("UPSTREAM_CONNECT_TIMEOUT", 10.0, 0.1),
         read_timeout=settings.number("UPSTREAM_READ_TIMEOUT", 300.0, 0.1),

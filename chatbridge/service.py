@@ -126,6 +126,16 @@ class Service:
         record.usage = next((d.value for d in answer.deltas if d.kind == "usage"), None)
         return answer
 
+    def count_tokens(self, chat: ChatRequest, record: RequestLog | None = None) -> int:
+        """The input tokens chat would cost: counted by an upstream that can (through the key
+        pool, with failover), else estimated (chatbridge.upstreams.base.estimate_tokens)."""
+        provider, cancel = self.providers[chat.provider], Cancel()
+        if not (provider.needs_keys and provider.counts_tokens):
+            return provider.count_tokens(chat, None, cancel)
+        return self.failover(chat, self.reserve(chat),
+                             lambda key: provider.count_tokens(chat, key, cancel), cancel,
+                             record or RequestLog())
+
     def relay(self, source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Cancel,
               on_success: Callable | None = None) -> Iterator:
         """The bytes of a streamed answer in writer's protocol (relay.relay)."""

@@ -6,9 +6,10 @@ GET /openapi.json (no access token needed, never rate-limited).
   statuses, Retry-After on a 429).
 - It covers /api/chat (its three request shapes as oneOf), /api/upload, /api/chats/{chat_id},
   /api/keys, /v1/chat/completions, /v1/models, /v1/models/{model}, /v1/responses and
-  /v1/responses/{response_id}, /healthz and itself. The Gemini pass-through (/v1beta, and
-  POST /v1/models/{model}:{method}) is Google's own API and out of its scope; so are the
-  chat page and the catch-alls that answer unknown URLs.
+  /v1/responses/{response_id}, Anthropic's /v1/messages and /v1/messages/count_tokens, /healthz
+  and itself. The Gemini pass-through (/v1beta, and POST /v1/models/{model}:{method}) is
+  Google's own API and out of its scope; so are the chat page and the catch-alls that answer
+  unknown URLs.
 - tests/test_openapi.py keeps it honest: its paths and methods are exactly the app's routes,
   it validates as OpenAPI 3.1, and schemathesis runs it against a live server.
 """
@@ -581,6 +582,101 @@ V1_RESPONSE = {
                              **openai_errors(401, 404, 429)}},
 }
 
+# ---------------------------------------------------------------- Anthropic's Messages API
+# Anthropic's own reference is the full contract (https://docs.anthropic.com/en/api/messages);
+# these schemas name what ChatBridge reads and answers, and let other fields through.
+
+STATUS_TEXT[529] = "The upstream is overloaded: it failed with every key"
+ANTHROPIC_BLOCK = obj({"type": {"type": "string", "description": (
+    "text, image and document (a base64 source, or a document's text source), tool_use, "
+    "tool_result, thinking (its signature carries Gemini's thought signature back)")}},
+    ("type",))
+ANTHROPIC_FIELDS = {
+    "model": MODEL,
+    "messages": {"type": "array", "minItems": 1, "description": "At most MAX_TURNS", "items": obj({
+        "role": {"enum": ["user", "assistant", "system"]},
+        "content": {"oneOf": [{"type": "string"},
+                              {"type": "array", "items": ANTHROPIC_BLOCK,
+                               "description": "At most MAX_PARTS"}]},
+    }, ("role", "content"))},
+    "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": obj(
+        {"type": {"const": "text"}, "text": {"type": "string"}}, ("type", "text"))}]},
+    "tools": {"type": "array", "description": "At most MAX_TOOLS; server tools are left out",
+              "items": obj({"name": {"type": "string"}, "description": {"type": "string"},
+                            "input_schema": {"type": "object"}}, ("name",))},
+    "tool_choice": obj({"type": {"enum": ["auto", "any", "tool", "none"]},
+                        "name": {"type": "string"}}, ("type",)),
+    "thinking": obj({"type": {"enum": ["enabled", "disabled", "adaptive"]},
+                     "budget_tokens": POSITIVE}, ("type",)),
+}
+MESSAGES_REQUEST = obj({
+    **ANTHROPIC_FIELDS,
+    "max_tokens": {**POSITIVE, "description": "Lowered to what the upstream model writes"},
+    "stream": {"type": "boolean"},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "stop_sequences": {"type": "array", "items": {"type": "string"}},
+}, ("model", "max_tokens", "messages"),
+    description="Anthropic's Messages request; unknown fields are ignored")
+ANTHROPIC_USAGE = obj({"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}},
+                      ("input_tokens", "output_tokens"))
+MESSAGE = obj({
+    "id": {"type": "string"}, "type": {"const": "message"}, "role": {"const": "assistant"},
+    "model": {"type": "string"},
+    "content": {"type": "array", "items": ANTHROPIC_BLOCK},
+    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
+    "stop_sequence": NULLABLE_STRING,
+    "usage": ANTHROPIC_USAGE,
+}, ("id", "type", "role", "model", "content", "stop_reason", "usage"))
+ANTHROPIC_ERROR = obj({
+    "type": {"const": "error"},
+    "error": obj({"type": {"type": "string"}, "message": {"type": "string"}}, ("type", "message")),
+    "request_id": {"type": "string"},
+}, ("type", "error"), description="Every /v1/messages error, in Anthropic's shape")
+MESSAGES_STREAM = sse_events(
+    "Anthropic's events, `event: <type>` and `data: <json>` each: message_start, "
+    "content_block_start / _delta (text_delta, thinking_delta, signature_delta, "
+    "input_json_delta) / _stop, message_delta (stop_reason, usage), message_stop; ping while "
+    "the model is silent; an error event for a failure after the stream began.",
+    obj({"type": {"type": "string"}}, ("type",)))
+SCHEMAS.update(AnthropicError=ANTHROPIC_ERROR, MessagesRequest=MESSAGES_REQUEST, Message=MESSAGE)
+
+
+def anthropic_errors(*statuses: int) -> dict:
+    return errors("AnthropicError", *statuses)
+
+
+V1_MESSAGES = {"post": {
+    "operationId": "messages",
+    "summary": "Anthropic's Messages API over the key pool (Claude Code's ANTHROPIC_BASE_URL)",
+    "description": "The access token may come as x-api-key too; anthropic-version and "
+                   "anthropic-beta are accepted. See https://docs.anthropic.com/en/api/messages",
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": ref("MessagesRequest"), "example": {
+            "model": "echo", "max_tokens": 1024,
+            "messages": [{"role": "user", "content": "Hello!"}]}}}},
+    "responses": {
+        "200": {"description": "A message, or with stream: true its events",
+                "content": {"application/json": {"schema": ref("Message")},
+                            SSE: MESSAGES_STREAM}},
+        **anthropic_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 529),
+    },
+}}
+
+V1_COUNT_TOKENS = {"post": {
+    "operationId": "count_tokens",
+    "summary": "Input tokens of a Messages request: Gemini's countTokens for Gemini models, "
+               "else an estimate (a token per four characters)",
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": obj(ANTHROPIC_FIELDS, ("model", "messages")), "example": {
+            "model": "echo", "messages": [{"role": "user", "content": "Hello!"}]}}}},
+    "responses": {
+        "200": json_body(obj({"input_tokens": {"type": "integer"}}, ("input_tokens",)),
+                         "The count"),
+        **anthropic_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 529),
+    },
+}}
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {
@@ -589,8 +685,8 @@ DOCUMENT = {
         "description": (
             "A backend between chat frontends and LLM APIs, with a pool of upstream keys. "
             "/api speaks the source backends' shapes and the Vercel AI SDK's useChat; /v1 "
-            "speaks OpenAI's Chat Completions and Responses APIs. "
-            "With ACCESS_TOKENS set, both need one of those "
+            "speaks OpenAI's Chat Completions and Responses APIs and Anthropic's Messages. "
+            "With ACCESS_TOKENS set, all of them need one of those "
             "tokens as a bearer token (open while it is unset); GET /api/keys needs the "
             "ADMIN_TOKEN. Out of scope here: the Gemini pass-through under /v1beta (and POST "
             "/v1/models/{model}:{method}), which is Google's own REST API, documented by Google."),
@@ -608,6 +704,8 @@ DOCUMENT = {
         "/v1/models/{model}": V1_MODEL,
         "/v1/responses": V1_RESPONSES,
         "/v1/responses/{response_id}": V1_RESPONSE,
+        "/v1/messages": V1_MESSAGES,
+        "/v1/messages/count_tokens": V1_COUNT_TOKENS,
         "/healthz": HEALTHZ,
         "/openapi.json": OPENAPI_JSON,
     },
@@ -615,7 +713,8 @@ DOCUMENT = {
         "schemas": SCHEMAS,
         "securitySchemes": {
             "accessToken": {"type": "http", "scheme": "bearer",
-                            "description": "One of ACCESS_TOKENS (x-goog-api-key or ?key= work too)"},
+                            "description": "One of ACCESS_TOKENS (x-api-key, x-goog-api-key or ?key= "
+                                           "work too)"},
             "adminToken": {"type": "http", "scheme": "bearer", "description": "The ADMIN_TOKEN"},
         },
     },

@@ -48,6 +48,7 @@ class Provider:
     owned_by = ""  # in GET /v1/models
     quota_zone = "UTC"  # where the upstream's quota day starts (an IANA time zone)
     needs_keys = True
+    counts_tokens = False  # whether count_tokens asks the upstream (with a key)
 
     def __init__(self, keys: tuple = (), default_model: str = ""):
         self.keys = keys

@@ -58,6 +58,7 @@ class GeminiProvider(HttpProvider):
     key_noun = "Gemini key"
     key_variable = "ALL_GEMINI_API_KEYS"
     owned_by = "google"
+    counts_tokens = True
 
     @classmethod
     def from_config(cls, config, transport):
@@ -100,6 +101,23 @@ class GeminiProvider(HttpProvider):
 
     def deltas(self, event):
         return gemini_deltas(event)
+
+    def count_tokens(self, chat, key, cancel):
+        """Gemini's own count (models/{model}:countTokens) of the request chat would make."""
+        return self.without_unsupported(chat, lambda c: self.count_request(c, key))
+
+    def count_request(self, chat: ChatRequest, key: ApiKey) -> int:
+        url, headers, body = self.chat_request(chat, key, stream=False)
+        url = url.rpartition(":")[0] + ":countTokens"
+        request = {"generateContentRequest": {"model": f"models/{chat.model}", **body}}
+        response = self.transport.send("POST", url, headers, stream=False, json=request)
+        parsed = parse_json(response.text)
+        if response.status_code != 200:
+            raise classify_failure(response.status_code, parsed, response.headers)
+        total = parsed.get("totalTokens", 0) if isinstance(parsed, dict) else None  # proto3
+        if not isinstance(total, int) or isinstance(total, bool):  # JSON leaves out a zero
+            raise UpstreamError("broken", "Gemini's countTokens answer has no totalTokens")
+        return total
 
     def models_request(self, key):
         return f"{self.base_url}/models?pageSize=1000", {"x-goog-api-key": key.secret}
@@ -165,6 +183,10 @@ class Accepts:
 
     system_instruction: bool = True
     thinking: bool = True  # thinkingConfig.includeThoughts
+    # the most generationConfig.maxOutputTokens and thinkingConfig.thinkingBudget it takes
+    # (Gemini's model pages; a larger value is a 400 INVALID_ARGUMENT)
+    max_output_tokens: int = 65536
+    thinking_budget: int = 24576
 
 
 # What Gemini answers (400 INVALID_ARGUMENT) when a model does not take a feature.
@@ -178,12 +200,14 @@ UNSUPPORTED = ((re.compile(r"developer instruction is not enabled|system instruc
 def accepts(model: str) -> Accepts:
     """The one place that knows what each model family takes: Gemma on the Gemini API takes
     no system instruction and does not think; Gemini 1.x and 2.0 do not think; 2.5 and later
-    take everything."""
+    take everything. Gemma, 1.x and 2.0 write at most 8192 tokens, 2.5 and later 65536; Pro
+    models think for at most 32768 tokens, the others 24576."""
     if model.startswith("gemma"):
-        return Accepts(system_instruction=False, thinking=False)
+        return Accepts(system_instruction=False, thinking=False, max_output_tokens=8192)
     if model.startswith(("gemini-1", "gemini-2.0")):
-        return Accepts(thinking=False)
-    return Accepts(thinking=model.startswith("gemini-"))
+        return Accepts(thinking=False, max_output_tokens=8192)
+    return Accepts(thinking=model.startswith("gemini-"),
+                   thinking_budget=32768 if "-pro" in model else 24576)
 
 
 def thinking_model(model: str) -> bool:
@@ -214,7 +238,7 @@ def without(chat: ChatRequest, feature: str) -> ChatRequest:
         return replace(chat, tools=None, tool_choice=None)
     if feature == "json_mode":
         return replace(chat, response_format=None)
-    return replace(chat, thinking=False)
+    return replace(chat, thinking=False, thinking_budget=None)
 
 
 def generating_model(entry) -> str | None:
@@ -235,7 +259,8 @@ def gemini_parts(turn: Turn) -> list:
                                                              else result}
         return [{"functionResponse": {"name": turn.tool_name, "response": response}}]
     parts = [{"text": turn.text}] if turn.text else []
-    parts += [{"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
+    parts += [{"file_data": {"mime_type": f.mime_type, "file_uri": f.url}} if f.url else
+              {"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
     for call in turn.tool_calls:
         args = parse_json(call["arguments"])
         part = {"functionCall": {"name": call["name"], "args": args if isinstance(args, dict)
@@ -262,7 +287,11 @@ def gemini_contents(turns: list) -> list:
 def gemini_generation(chat: ChatRequest) -> dict:
     """generationConfig: the client API's default settings, then the request's own."""
     generation = {SETTING_NAMES[name]: value for name, value in chat.default_settings.items()}
-    settings = {"temperature": chat.temperature, "maxOutputTokens": chat.max_tokens,
+    takes = accepts(chat.model)
+    # clients of APIs where max_tokens is required ask for more than a model writes (Claude
+    # Code: 32000 or more), which Gemini would refuse
+    max_tokens = min(chat.max_tokens, takes.max_output_tokens) if chat.max_tokens else None
+    settings = {"temperature": chat.temperature, "maxOutputTokens": max_tokens,
                 "topP": chat.top_p, "stopSequences": chat.stop}
     generation.update({name: value for name, value in settings.items() if value is not None})
     response_format = (chat.response_format or {}).get("type")
@@ -271,8 +300,13 @@ def gemini_generation(chat: ChatRequest) -> dict:
         schema = (chat.response_format.get("json_schema") or {}).get("schema")
         if schema:
             generation["responseJsonSchema"] = schema
+    thinking = {}
     if chat.thinking if chat.thinking is not None else thinking_model(chat.model):
-        generation["thinkingConfig"] = {"includeThoughts": True}
+        thinking["includeThoughts"] = True
+    if chat.thinking_budget:  # a budget, with or without the thoughts in the answer
+        thinking["thinkingBudget"] = min(chat.thinking_budget, takes.thinking_budget)
+    if thinking:
+        generation["thinkingConfig"] = thinking
     return generation
 
 

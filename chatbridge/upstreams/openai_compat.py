@@ -35,9 +35,14 @@ class OpenAICompatProvider(HttpProvider):
     def claims(self, model):
         return True  # every name no other provider claims
 
+    max_tokens = 0  # ZJU_MAX_TOKENS: the most output tokens a request may ask for; 0: any
+
     @classmethod
     def from_config(cls, config, transport):
-        return cls(config.openai_compat_keys, config.openai_compat_base_url, transport, FALLBACK_MODEL)
+        provider = cls(config.openai_compat_keys, config.openai_compat_base_url, transport,
+                       FALLBACK_MODEL)
+        provider.max_tokens = config.openai_compat_max_tokens
+        return provider
 
     def file_refusal(self, mime_type):
         if openai_takes(mime_type):
@@ -57,6 +62,9 @@ class OpenAICompatProvider(HttpProvider):
             settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens}
             body = {name: value for name, value in settings.items() if value is not None}
         body.update(model=chat.model, messages=messages, stream=stream)
+        for name in ("max_tokens", "max_completion_tokens"):  # lowered to ZJU_MAX_TOKENS
+            if self.max_tokens and isinstance(body.get(name), int) and body[name] > self.max_tokens:
+                body[name] = self.max_tokens
         if stream and chat.include_usage:
             body["stream_options"] = {"include_usage": True}
         return f"{self.base_url}/chat/completions", {"Authorization": f"Bearer {key.secret}"}, body
@@ -95,9 +103,10 @@ def openai_message(turn: Turn) -> dict:
     text = turn.text
     for file in turn.files:
         if not file.mime_type.startswith("image/"):
-            content = base64.b64decode(file.data).decode("utf-8", errors="replace")
+            content = file.url or base64.b64decode(file.data).decode("utf-8", errors="replace")
             text = f"{text}\n\n[file {file.filename or ''}]\n{content}".strip()
-    images = [{"type": "image_url", "image_url": {"url": f"data:{f.mime_type};base64,{f.data}"}}
+    images = [{"type": "image_url", "image_url": {
+        "url": f.url or f"data:{f.mime_type};base64,{f.data}"}}
               for f in turn.files if f.mime_type.startswith("image/")]
     if not images:
         return {"role": turn.role, "content": text}
