@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 contract of the client APIs under /api and /v1, served as JSON at
 GET /openapi.json (no access token needed, never rate-limited).
 
-- The document is data: DOCUMENT is built once, at import, from the schemas below; the
-  small helpers only spell out what every operation of an API repeats (its error format, its
-  statuses, Retry-After on a 429).
+- The document is data: DOCUMENT is built once, at import, from the schemas below and the
+  coding agents' APIs in openapi_agents.py; the small helpers in openapi_base.py only spell
+  out what every operation of an API repeats (its error format, its statuses, Retry-After on
+  a 429).
 - It covers /api/chat (its three request shapes as oneOf), /api/upload, /api/chats/{chat_id},
   /api/keys, /v1/chat/completions, /v1/models, /v1/models/{model}, /v1/responses and
   /v1/responses/{response_id}, Anthropic's /v1/messages and /v1/messages/count_tokens, /healthz
@@ -16,8 +17,13 @@ GET /openapi.json (no access token needed, never rate-limited).
 
 from flask import Blueprint, jsonify
 
+from .openapi_agents import AGENT_SCHEMAS, V1_COUNT_TOKENS, V1_MESSAGES, V1_RESPONSE, V1_RESPONSES
+from .openapi_base import (
+    CHAT_ID, MODEL, NULLABLE_STRING, POSITIVE, SSE, TEMPERATURE,
+    api_errors, json_body, obj, openai_errors, ref, sse_events,
+)
+
 bp = Blueprint("openapi", __name__)
-SSE = "text/event-stream"
 
 
 @bp.get("/openapi.json")
@@ -26,73 +32,8 @@ def openapi():
     return jsonify(DOCUMENT)
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def json_body(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def obj(properties: dict, required: tuple = (), **extra) -> dict:
-    """A JSON object schema; objects in answers may gain fields, so extra ones are allowed."""
-    schema = {"type": "object", "properties": properties, **extra}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-STATUS_TEXT = {
-    400: "An invalid body or field, or a request beyond a limit (the message names the field, "
-         "the limit and its setting)",
-    401: "A missing or wrong token",
-    404: "No such chat, file_id, model or endpoint",
-    408: "The request body did not arrive within REQUEST_BODY_SECONDS",
-    413: "A body, file or text over its limit (MAX_UPLOAD_MB, MAX_TEXT_CHARS, MAX_JSON_VALUES)",
-    415: "The body is not Content-Type: application/json, or a file's type is not in "
-         "ALLOWED_FILE_TYPES",
-    429: "Every key is resting, or this client is over RATE_LIMIT; Retry-After says when to "
-         "try again",
-    500: "The upstream answered with an error (its message included), or an unexpected failure",
-    502: "The upstream failed with every key",
-    503: "The upstream could not be reached, or every key was rejected",
-    507: "The upload cache is full (UPLOAD_CACHE_MB), or the disk refused the file",
-}
-RETRY_AFTER = {"Retry-After": {"description": "Seconds until a retry can succeed",
-                               "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
-
-
-def errors(schema: str, *statuses: int) -> dict:
-    """Error responses in one API's format (schema), for the statuses given."""
-    responses = {}
-    for status in statuses:
-        response = json_body(ref(schema), STATUS_TEXT[status])
-        if status == 429:
-            response["headers"] = RETRY_AFTER
-        responses[str(status)] = response
-    return responses
-
-
-def api_errors(*statuses: int) -> dict:
-    return errors("Error", *statuses)
-
-
-def openai_errors(*statuses: int) -> dict:
-    return errors("OpenAIError", *statuses)
-
-
 # ---------------------------------------------------------------- request schemas
 
-CHAT_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"}
-MODEL = {"type": "string", "minLength": 1, "maxLength": 200,
-         "description": "echo (built in); a gemini/ or zju/ prefix picks the provider, else names "
-                        "starting with gemini or gemma go to Gemini and others to the "
-                        "OpenAI-compatible upstream. Default DEFAULT_MODEL"}
-TEMPERATURE = {"type": "number", "minimum": 0, "maximum": 2}
-POSITIVE = {"type": "integer", "minimum": 1}
 
 FILE_DATA = obj({
     "mime_type": {"type": "string"},
@@ -204,7 +145,6 @@ CHAT_COMPLETION_REQUEST = obj({
 
 # ---------------------------------------------------------------- answer schemas
 
-NULLABLE_STRING = {"type": ["string", "null"]}
 USAGE = obj({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
              "total_tokens": {"type": "integer"}})
 ANSWER_TOOL_CALL = obj({"id": {"type": "string"}, "type": {"const": "function"},
@@ -292,18 +232,6 @@ UI_MESSAGE_CHUNK = obj({"type": {"enum": [
     "messageMetadata": obj({"finishReason": {"type": "string"}})}, ("type",))
 
 
-def sse_events(description: str, *payloads: dict) -> dict:
-    """A text/event-stream whose events' data is [DONE] or JSON matching one of payloads (the
-    schema of a 3.1 event stream describes each event, as Open API 3.2's itemSchema does)."""
-    return {"schema": obj({
-        "event": {"type": "string"},
-        "id": {"type": "string"},
-        "data": {"if": {"const": "[DONE]"}, "then": True, "else": {
-            "type": "string", "contentMediaType": "application/json",
-            "contentSchema": {"anyOf": list(payloads)}}},
-    }, ("data",), description=description)}
-
-
 API_STREAM = sse_events(
     "Server-Sent Events, `data: <json>` each; `: ping` comments while the model is silent. "
     "Shape A: {text} and {reasoning} deltas, then exactly one {done: true} (with finish_reason "
@@ -337,6 +265,8 @@ SCHEMAS = {
     "KeyDay": KEY_DAY,
     "KeyCheck": KEY_CHECK,
 }
+
+SCHEMAS.update(AGENT_SCHEMAS)
 
 # ---------------------------------------------------------------- operations
 
@@ -510,171 +440,6 @@ OPENAPI_JSON = {"get": {
     "summary": "This document",
     "security": [],
     "responses": {"200": json_body({"type": "object"}, "The OpenAPI 3.1 document")},
-}}
-
-# ---------------------------------------------------------------- OpenAI's Responses API
-
-RESPONSES_REFERENCE = "https://platform.openai.com/docs/api-reference/responses"
-SCHEMAS.update({
-    "ResponseRequest": obj({
-        "model": MODEL,
-        "input": {"description": "A string, or input items: message (input_text, input_image, "
-                                 "input_file, output_text parts), function_call, "
-                                 "function_call_output, custom_tool_call, "
-                                 "custom_tool_call_output, reasoning; at most MAX_TURNS",
-                  "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-        "instructions": {"type": "string"},
-        "stream": {"type": "boolean"},
-        "tools": {"type": "array", "items": {"type": "object"},
-                  "description": "function and custom tools (a namespace's too); hosted tools "
-                                 "such as web_search are left out"},
-        "tool_choice": {}, "parallel_tool_calls": {"type": "boolean"},
-        "temperature": TEMPERATURE, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "max_output_tokens": POSITIVE,
-        "text": obj({"format": {"type": "object"}}),
-        "reasoning": obj({"effort": {"type": "string"}, "summary": {"type": "string"}}),
-        "store": {"type": "boolean", "description": "Keep the response for CHAT_TTL_HOURS "
-                                                    "(default true)"},
-        "previous_response_id": {"type": "string"},
-        "include": {"type": "array", "items": {"type": "string"}},
-    }, ("input",), description="OpenAI's Responses request, as ChatBridge takes it; unknown "
-                               f"fields are ignored. See {RESPONSES_REFERENCE}"),
-    "Response": obj({
-        "id": {"type": "string", "pattern": "^resp_"}, "object": {"const": "response"},
-        "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
-        "output": {"type": "array", "items": obj({"type": {"type": "string"}}, ("type",))},
-        "usage": {"type": ["object", "null"]},
-    }, ("id", "object", "status", "output"), description="OpenAI's response object"),
-})
-RESPONSE_ID = [{"name": "response_id", "in": "path", "required": True,
-                "schema": {"type": "string"}}]
-RESPONSE_EVENT = obj({"type": {"type": "string"}, "sequence_number": {"type": "integer"}},
-                     ("type", "sequence_number"))
-
-V1_RESPONSES = {"post": {
-    "operationId": "create_response",
-    "summary": "OpenAI's Responses API over the key pool (what Codex CLI speaks)",
-    "description": f"As OpenAI documents it: {RESPONSES_REFERENCE}",
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": ref("ResponseRequest"),
-        "example": {"model": "echo", "input": "Hello!", "instructions": "Be brief."}}}},
-    "responses": {
-        "200": {"description": "A response object, or with stream: true its typed events",
-                "content": {"application/json": {"schema": ref("Response")},
-                            SSE: sse_events(
-                                "`event: <type>` and `data: <json>` pairs with sequence_number: "
-                                "response.created ... response.completed (or .incomplete; "
-                                "error and response.failed after a failure)", RESPONSE_EVENT)}},
-        **openai_errors(400, 401, 404, 408, 413, 415, 429, 500, 502, 503),
-    },
-}}
-
-V1_RESPONSE = {
-    "get": {"operationId": "get_response", "summary": "A stored response of this token",
-            "parameters": RESPONSE_ID,
-            "responses": {"200": json_body(ref("Response"), "The response"),
-                          **openai_errors(401, 404, 429)}},
-    "delete": {"operationId": "delete_response", "summary": "Forget a stored response",
-               "parameters": RESPONSE_ID,
-               "responses": {"200": json_body(obj({"id": {"type": "string"},
-                                                   "deleted": {"const": True}},
-                                                  ("id", "deleted")), "Forgotten"),
-                             **openai_errors(401, 404, 429)}},
-}
-
-# ---------------------------------------------------------------- Anthropic's Messages API
-# Anthropic's own reference is the full contract (https://docs.anthropic.com/en/api/messages);
-# these schemas name what ChatBridge reads and answers, and let other fields through.
-
-STATUS_TEXT[529] = "The upstream is overloaded: it failed with every key"
-ANTHROPIC_BLOCK = obj({"type": {"type": "string", "description": (
-    "text, image and document (a base64 source, or a document's text source), tool_use, "
-    "tool_result, thinking (its signature carries Gemini's thought signature back)")}},
-    ("type",))
-ANTHROPIC_FIELDS = {
-    "model": MODEL,
-    "messages": {"type": "array", "minItems": 1, "description": "At most MAX_TURNS", "items": obj({
-        "role": {"enum": ["user", "assistant", "system"]},
-        "content": {"oneOf": [{"type": "string"},
-                              {"type": "array", "items": ANTHROPIC_BLOCK,
-                               "description": "At most MAX_PARTS"}]},
-    }, ("role", "content"))},
-    "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": obj(
-        {"type": {"const": "text"}, "text": {"type": "string"}}, ("type", "text"))}]},
-    "tools": {"type": "array", "description": "At most MAX_TOOLS; server tools are left out",
-              "items": obj({"name": {"type": "string"}, "description": {"type": "string"},
-                            "input_schema": {"type": "object"}}, ("name",))},
-    "tool_choice": obj({"type": {"enum": ["auto", "any", "tool", "none"]},
-                        "name": {"type": "string"}}, ("type",)),
-    "thinking": obj({"type": {"enum": ["enabled", "disabled", "adaptive"]},
-                     "budget_tokens": POSITIVE}, ("type",)),
-}
-MESSAGES_REQUEST = obj({
-    **ANTHROPIC_FIELDS,
-    "max_tokens": {**POSITIVE, "description": "Lowered to what the upstream model writes"},
-    "stream": {"type": "boolean"},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-    "stop_sequences": {"type": "array", "items": {"type": "string"}},
-}, ("model", "max_tokens", "messages"),
-    description="Anthropic's Messages request; unknown fields are ignored")
-ANTHROPIC_USAGE = obj({"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}},
-                      ("input_tokens", "output_tokens"))
-MESSAGE = obj({
-    "id": {"type": "string"}, "type": {"const": "message"}, "role": {"const": "assistant"},
-    "model": {"type": "string"},
-    "content": {"type": "array", "items": ANTHROPIC_BLOCK},
-    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
-    "stop_sequence": NULLABLE_STRING,
-    "usage": ANTHROPIC_USAGE,
-}, ("id", "type", "role", "model", "content", "stop_reason", "usage"))
-ANTHROPIC_ERROR = obj({
-    "type": {"const": "error"},
-    "error": obj({"type": {"type": "string"}, "message": {"type": "string"}}, ("type", "message")),
-    "request_id": {"type": "string"},
-}, ("type", "error"), description="Every /v1/messages error, in Anthropic's shape")
-MESSAGES_STREAM = sse_events(
-    "Anthropic's events, `event: <type>` and `data: <json>` each: message_start, "
-    "content_block_start / _delta (text_delta, thinking_delta, signature_delta, "
-    "input_json_delta) / _stop, message_delta (stop_reason, usage), message_stop; ping while "
-    "the model is silent; an error event for a failure after the stream began.",
-    obj({"type": {"type": "string"}}, ("type",)))
-SCHEMAS.update(AnthropicError=ANTHROPIC_ERROR, MessagesRequest=MESSAGES_REQUEST, Message=MESSAGE)
-
-
-def anthropic_errors(*statuses: int) -> dict:
-    return errors("AnthropicError", *statuses)
-
-
-V1_MESSAGES = {"post": {
-    "operationId": "messages",
-    "summary": "Anthropic's Messages API over the key pool (Claude Code's ANTHROPIC_BASE_URL)",
-    "description": "The access token may come as x-api-key too; anthropic-version and "
-                   "anthropic-beta are accepted. See https://docs.anthropic.com/en/api/messages",
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": ref("MessagesRequest"), "example": {
-            "model": "echo", "max_tokens": 1024,
-            "messages": [{"role": "user", "content": "Hello!"}]}}}},
-    "responses": {
-        "200": {"description": "A message, or with stream: true its events",
-                "content": {"application/json": {"schema": ref("Message")},
-                            SSE: MESSAGES_STREAM}},
-        **anthropic_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 529),
-    },
-}}
-
-V1_COUNT_TOKENS = {"post": {
-    "operationId": "count_tokens",
-    "summary": "Input tokens of a Messages request: Gemini's countTokens for Gemini models, "
-               "else an estimate (a token per four characters)",
-    "requestBody": {"required": True, "content": {"application/json": {
-        "schema": obj(ANTHROPIC_FIELDS, ("model", "messages")), "example": {
-            "model": "echo", "messages": [{"role": "user", "content": "Hello!"}]}}}},
-    "responses": {
-        "200": json_body(obj({"input_tokens": {"type": "integer"}}, ("input_tokens",)),
-                         "The count"),
-        **anthropic_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 529),
-    },
 }}
 
 DOCUMENT = {
