@@ -1,8 +1,8 @@
 """Prometheus metrics, made with the official prometheus_client (issue 12's names and labels).
 
 - chatbridge_requests_total{api, provider, outcome}: api is source_a, source_b, ui_stream,
-  openai or gemini (the request's shape); outcome ok, client_error, rate_limited,
-  upstream_error or disconnected.
+  openai, gemini, anthropic or responses (the request's shape); outcome ok, client_error,
+  rate_limited, upstream_error or disconnected.
 - chatbridge_upstream_attempts_total{provider, key, result}: result ok or the failure class
   (chatbridge/usage.py FAILURE_CLASSES); a failure after an attempt's first text is not a
   second attempt, and counts only in the request's outcome.
@@ -37,12 +37,14 @@ from prometheus_client.core import GaugeMetricFamily
 from .logs import RequestLog
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-APIS = {"A": "source_a", "B": "source_b", "ui": "ui_stream", "v1": "openai", "native": "gemini"}
+APIS = {"A": "source_a", "B": "source_b", "ui": "ui_stream", "v1": "openai", "native": "gemini",
+        "anthropic": "anthropic", "responses": "responses"}
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # a chat request refused before its shape was read counts under its route's API
 ENDPOINT_APIS = {"openai.chat_completions": "openai", "gemini.gemini_native": "gemini",
-                 "source.chat": "source_a"}
+                 "source.chat": "source_a", "anthropic.messages": "anthropic",
+                 "responses.create_response": "responses"}
 KEY_STATES = ("ok", "cooling", "invalid")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

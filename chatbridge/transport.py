@@ -285,10 +285,16 @@ def release_upstream(response: UpstreamResponse) -> None:
         while response.read():
             pass
         drained = True
-    if drained:
+    if drained and reusable(response):
         response.raw.release_conn()
     else:
         close_upstream(response)
+
+
+def reusable(response: UpstreamResponse) -> bool:
+    """Whether the connection may serve another request: HTTP/1.1 and no `Connection: close`."""
+    return response.raw.version >= 11 and \
+        "close" not in response.headers.get("Connection", "").lower()
 
 
 def close_upstream(response: UpstreamResponse) -> None:

@@ -126,3 +126,21 @@ def test_a_name_a_pattern_matches_can_be_retrieved(aliased):
     assert aliased.get("/v1/models/nothing-like-it").status_code == 404
     google = aliased.get("/v1beta/models/claude-haiku-4-5").json
     assert google["name"] == "models/claude-haiku-4-5"
+
+
+def test_gemini_shaped_tools_and_json_mode_reach_an_openai_compatible_model(aliased, openai):
+    """/v1beta for a zju model: the neutral request's tools, tool choice, JSON mode and stop
+    sequences go upstream in OpenAI's words (not only temperature and max_tokens)."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "weather?"}]}],
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "w",
+                                                 "parameters": {"type": "object"}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "ANY"}},
+            "generationConfig": {"responseMimeType": "application/json", "topP": 0.5,
+                                 "stopSequences": ["END"]}}
+    response = aliased.post("/v1beta/models/zju/deepseek-v3:generateContent", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    sent = openai.requests[-1].json
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+    assert sent["tool_choice"] == "required"
+    assert sent["response_format"] == {"type": "json_object"}
+    assert (sent["top_p"], sent["stop"]) == (0.5, ["END"])

@@ -59,7 +59,10 @@ class OpenAICompatProvider(HttpProvider):
         if chat.passthrough is not None:  # the client's own fields, as sent
             body = dict(chat.passthrough)
         else:  # as the ZJU source: only what the request set, no defaults of ours
-            settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens}
+            settings = {"temperature": chat.temperature, "max_tokens": chat.max_tokens,
+                        "top_p": chat.top_p, "stop": chat.stop, "tools": chat.tools,
+                        "tool_choice": chat.tool_choice if chat.tools else None,
+                        "response_format": chat.response_format}
             body = {name: value for name, value in settings.items() if value is not None}
         body.update(model=chat.model, messages=messages, stream=stream)
         for name in ("max_tokens", "max_completion_tokens"):  # lowered to ZJU_MAX_TOKENS
