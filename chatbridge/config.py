@@ -10,6 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from limits import parse_many
@@ -34,7 +35,7 @@ class ApiKey:
     secret: str = field(repr=False)
     group: str  # keys of one Google project share a quota group
 
-    @property
+    @cached_property  # a SHA-256 each time was looked up several times per request
     def id(self) -> str:
         return fingerprint(self.secret)
 

@@ -118,6 +118,9 @@ def openai_message(turn: Turn) -> dict:
 
 def openai_deltas(event: dict) -> list:
     """The deltas in one OpenAI chat.completion.chunk (or a whole chat.completion)."""
+    text = plain_text(event)
+    if text is not None:
+        return [Delta("text", text)] if text else []
     if "error" in event:
         raise failure_from_event(event["error"])
     deltas = [Delta("usage", event["usage"])] if isinstance(event.get("usage"), dict) else []
@@ -137,6 +140,21 @@ def openai_deltas(event: dict) -> list:
     if choice.get("finish_reason"):
         deltas.append(Delta("finish", openai_finish(str(choice["finish_reason"]))))
     return deltas
+
+
+def plain_text(event: dict) -> str | None:
+    """The text of a chunk that holds nothing but text (most of a stream), else None: a quick
+    look first, since every chunk goes through openai_deltas (issue 13)."""
+    choices = event.get("choices")
+    if type(choices) is not list or len(choices) != 1 or event.get("usage") is not None \
+            or "error" in event:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") if type(choice) is dict and not choice.get("finish_reason") else None
+    if type(delta) is not dict or delta.keys() - {"content", "role"}:
+        return None
+    content = delta.get("content")
+    return content if type(content) is str else None
 
 
 def openai_finish(reason: str) -> Finish:
