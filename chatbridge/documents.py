@@ -126,6 +126,7 @@ class StateStore:
 
 USAGE_DAYS = 8  # days of usage kept: the seven shown, and the day a Pacific date trails UTC
 USAGE_MINUTES = 61  # minutes of recent counts kept: the hour shown, and the current minute
+HEALTH_PROBE_SECONDS = 1.0  # how often a store that looks healthy is tried again by health()
 MARK_HORIZON = 25 * 3600.0  # seconds: no rest lasts longer (a day, or a 25-hour day)
 
 
