@@ -208,18 +208,14 @@ class RedisStateStore(StateStore):
     @redis_or_memory
     def add_usage(self, increments):
         pipe = self.redis.pipeline(transaction=False)
-        for provider, days in increments.get("days", {}).items():
-            for date, keys in days.items():
-                name = f"chatbridge:usage:{provider}:{date}"
-                for field_name, count in usage_fields(keys).items():
-                    pipe.hincrby(name, field_name, count)
-                pipe.expire(name, USAGE_DAYS * 86400)
-        for provider, minutes in increments.get("minutes", {}).items():
-            for minute, keys in minutes.items():
-                name = f"chatbridge:minutes:{provider}:{minute}"
-                for field_name, count in usage_fields(keys).items():
-                    pipe.hincrby(name, field_name, count)
-                pipe.expire(name, USAGE_MINUTES * 60)
+        for kind, prefix, lifetime in (("days", "usage", USAGE_DAYS * 86400),
+                                       ("minutes", "minutes", USAGE_MINUTES * 60)):
+            for provider, periods in increments.get(kind, {}).items():
+                for period, keys in periods.items():
+                    name = f"chatbridge:{prefix}:{provider}:{period}"
+                    for field_name, count in usage_fields(keys).items():
+                        pipe.hincrby(name, field_name, count)
+                    pipe.expire(name, lifetime)
         pipe.execute()
 
     @redis_or_memory
