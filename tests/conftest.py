@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from playwright.sync_api import sync_playwright
 
 from chatbridge import create_app
 from chatbridge.config import load_config
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WATCH_POLICY
 from tests.fakes import FakeGemini, FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,3 +280,25 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------- the pages' browser tests
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module."""
+    require(Path(CHROMIUM).is_file(), "Chromium", "apt-get install chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser):
+    """A fresh browser profile (empty localStorage) per test."""
+    context = browser.new_context(viewport=DESKTOP)
+    context.add_init_script(WATCH_POLICY)
+    yield context
+    context.close()

@@ -4,15 +4,14 @@ screenshots in docs/screenshots."""
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, ZJU_KEYS, require
+from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, ZJU_KEYS
 from tests.fakes import gemini_429, gemini_error
-from tests.test_page import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS, WATCH_POLICY
+from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS
 
 MODEL = "gemini-2.5-flash"
 TOKEN_KEY = "chatbridge.adminToken"
@@ -38,24 +37,6 @@ def suffix(key: str) -> str:
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require(Path(CHROMIUM).is_file(), "Chromium", "apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def context(browser):
-    """A fresh browser profile (empty localStorage) per test."""
-    context = browser.new_context(viewport=DESKTOP)
-    context.add_init_script(WATCH_POLICY)
-    yield context
-    context.close()
 
 
 @pytest.fixture

@@ -6,33 +6,16 @@ import json
 import re
 import struct
 import zlib
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.conftest import REPO, TOKEN, require
+from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS
+from tests.conftest import TOKEN
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_midstream_error, gemini_sse, gemini_stream
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-SCREENSHOTS = REPO / "docs" / "screenshots"
-SCREENSHOT_LIMIT = 200 * 1024
 PERSIAN = "سلام! چطور در پایتون یک فایل را خط به خط بخوانم؟"
-
-# Records what the page's Content-Security-Policy refused; injected by Playwright, so the
-# policy does not apply to it.
-WATCH_POLICY = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation", (event) => {
-  window.__violations.push(event.violatedDirective + " " + event.blockedURI);
-});
-"""
-
 
 def png(width=4, height=4, rgb=(47, 111, 237)) -> bytes:
     """A small solid-colour PNG."""
@@ -73,24 +56,6 @@ def texts_of(content):
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require(Path(CHROMIUM).is_file(), "Chromium", "apt-get install chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def context(browser):
-    """A fresh browser profile (empty localStorage) per test."""
-    context = browser.new_context(viewport=DESKTOP)
-    context.add_init_script(WATCH_POLICY)
-    yield context
-    context.close()
 
 
 @pytest.fixture
