@@ -12,13 +12,13 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from tests.conftest import GEMINI_KEYS, PNG_B64, ZJU_KEYS, upstream_env
+from tests.test_gateway import weather_reply  # the same fake Gemini tool loop as /v1's
 from tests.fakes import (
     Reply,
     field,
     gemini_429,
     gemini_answer,
     gemini_events,
-    gemini_function_call_events,
     gemini_midstream_error,
     openai_tool_call_completion,
     openai_tool_call_stream,
@@ -124,15 +124,6 @@ def test_instructions_developer_messages_and_settings_reach_gemini(server, gemin
 
 
 # ---------------------------------------------------------------- function calls
-
-
-def weather_reply(recorded, signature=None):
-    """Fake Gemini: call get_weather, then answer once the function response is there."""
-    contents = (recorded.json or {}).get("contents") or []
-    answered = any(field(part, "functionResponse") is not None for c in contents for part in c.get("parts", []))
-    if answered:
-        return gemini_answer(recorded, gemini_events(["It is 21", " degrees."]))
-    return gemini_answer(recorded, gemini_function_call_events("get_weather", ARGS, signature))
 
 
 @STREAMS
