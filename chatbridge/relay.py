@@ -137,7 +137,10 @@ def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterat
         except BaseException as exc:  # handed to the writer, which decides
             items.put((False, exc))
 
-    threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
+    if monkey.is_module_patched("threading"):
+        gevent.spawn(pump)  # a bare greenlet: a patched Thread costs an Event, locks and a registry
+    else:
+        threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
     while True:
         try:
             handed = [items.get(timeout=interval)]
