@@ -206,6 +206,8 @@ def test_google_sdk_generates_streams_and_counts_with_echo(google_sdk):
                                                       + whole.usage_metadata.candidates_token_count)
     chunks = list(google_sdk.models.generate_content_stream(model="echo", contents="hello brave world"))
     assert [c.text for c in chunks if c.text] == ["hello ", "brave ", "world"]
+    # The last chunk carries the finish reason; its text is "", never None (printed as "None").
+    assert chunks[-1].text == "" and chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     counted = google_sdk.models.count_tokens(model="echo", contents="hello there, how are you?")
     assert 3 <= counted.total_tokens <= 20
 

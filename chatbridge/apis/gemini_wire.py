@@ -328,7 +328,10 @@ class GeminiChunkWriter(StreamWriter):
 
     def event(self, delta: Delta) -> bytes:
         if delta.kind == "finish":
-            return self.write(self.candidate.response(self.candidate.call_parts(), delta.value))
+            # An empty text part, not no parts: google-genai's chunk.text is then "" rather than
+            # None, which Google's own `print(chunk.text, end="")` loop printed as "None".
+            parts = self.candidate.call_parts() or [{"text": ""}]
+            return self.write(self.candidate.response(parts, delta.value))
         parts = self.candidate.take(delta)
         return self.write(self.candidate.response(parts)) if parts else b""
 
