@@ -156,6 +156,7 @@ def test_a_tool_command_without_tools_offered_is_plain_text(openai_sdk):
 @pytest.mark.parametrize("command, message", [
     ("/tool get_time {}", "offers no tool of that name (it offers get_weather)"),
     ("/tool get_weather [1, 2]", "the arguments must be a JSON object"),
+    ('/tool get_weather {"days": NaN}', "the arguments must be a JSON object"),  # not JSON
 ])
 def test_a_tool_command_that_cannot_be_answered_is_a_400(keyless, command, message):
     response = requests.post(keyless.url + "/v1/chat/completions", timeout=TIMEOUT, json={

@@ -9,7 +9,7 @@ import pytest
 
 from tests.client import ask
 from tests.conftest import GEMINI_KEYS
-from tests.fakes import Reply
+from tests.fakes import Reply, json_reply
 
 HELLO = [{"role": "user", "content": "x"}]
 CALL = {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -168,3 +168,47 @@ def test_the_allowed_file_types_are_a_setting(make_app):
     assert client.post("/api/chat", json=body).status_code == 200
     body["file_data"]["mime_type"] = "text/plain"
     assert client.post("/api/chat", json=body).status_code == 415
+
+
+def strict_json(text: str):
+    """text parsed as RFC 8259 JSON: NaN and Infinity are not JSON, whatever json.loads takes."""
+    def refuse(name):
+        raise ValueError(f"{name} in a response body")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("path, body, arguments_of", [
+    ("/v1/messages", {"model": "zju/m", "max_tokens": 100, "messages": HELLO,
+                      "tools": [{"name": "f", "input_schema": {"type": "object"}}]},
+     lambda answer: answer["content"][0]["input"]),
+    ("/v1beta/models/zju%2Fm:generateContent",
+     {"contents": [{"role": "user", "parts": [{"text": "x"}]}],
+      "tools": [{"functionDeclarations": [{"name": "f"}]}]},
+     lambda answer: answer["candidates"][0]["content"]["parts"][0]["functionCall"]["args"]),
+], ids=["anthropic", "gemini"])
+def test_a_models_nan_arguments_never_make_a_body_that_is_not_json(client, openai, path, body,
+                                                                    arguments_of):
+    """Found by trying: a tool call's arguments `{"a": NaN}` came back as `"input": {"a": NaN}`."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": '{"a": NaN, "b": -Infinity}'}}
+    openai.script = lambda recorded: json_reply({"id": "chatcmpl-1", "object": "chat.completion",
+        "created": 1, "model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]})
+    response = client.post(path, json=body)
+    assert response.status_code == 200
+    assert arguments_of(strict_json(response.get_data(as_text=True))) == {}
+
+
+def test_nan_in_a_clients_tool_call_or_result_is_not_sent_to_gemini(client, gemini):
+    """Arguments and results are sent to Gemini as objects: NaN would make its body not JSON."""
+    body = {"model": "gemini-2.5-flash", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**CALL, "function": {"name": "f", "arguments": '{"a": NaN}'}}]},
+        {"role": "tool", "tool_call_id": "a", "content": '{"t": Infinity}'}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    sent = strict_json(gemini.requests[0].body.decode())
+    parts = [part for content in sent["contents"] for part in content["parts"]]
+    assert {"functionCall": {"name": "f", "args": {}}} in parts
+    assert {"functionResponse": {"name": "f", "response": {"result": '{"t": Infinity}'}}} in parts

@@ -35,7 +35,7 @@ import uuid
 from flask import Blueprint, g, jsonify
 
 from ..auth import require_access_token
-from ..chat import Delta, ToolCallTracker, parse_json
+from ..chat import Delta, ToolCallTracker, parse_strict_json
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NoKeyAvailable, Unauthorized, UpstreamError
 from ..logs import log
 from ..relay import Cancel
@@ -281,7 +281,7 @@ def message_of(deltas: list, model: str, input_tokens: int) -> dict:
         if event["type"] == "content_block_start":
             content.append(dict(event["content_block"]))
         elif event["type"] == "content_block_stop" and content[index]["type"] == "tool_use":
-            parsed = parse_json(arguments.get(index, "")) if index in arguments else {}
+            parsed = parse_strict_json(arguments.get(index, "")) if index in arguments else {}
             content[index]["input"] = parsed if isinstance(parsed, dict) else {}
         elif event["type"] == "content_block_delta":
             apply_delta(content[index], event["delta"], arguments, index)

@@ -23,7 +23,7 @@ import re
 import uuid
 from typing import Any
 
-from ..chat import ChatRequest, Delta, ToolCallTracker, Turn, parse_json
+from ..chat import ChatRequest, Delta, ToolCallTracker, Turn, parse_strict_json
 from ..config import Config
 from ..errors import ClientError
 from ..sse import StreamWriter
@@ -249,7 +249,7 @@ def usage_metadata(usage: dict | None) -> dict:
 
 
 def function_call_part(call: dict) -> dict:
-    args = parse_json(call["arguments"])
+    args = parse_strict_json(call["arguments"])
     part = {"functionCall": {"id": call["id"], "name": call["name"],
                                 "args": args if isinstance(args, dict) else {}}}
     if call.get("signature"):
