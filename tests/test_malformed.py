@@ -212,3 +212,25 @@ def test_nan_in_a_clients_tool_call_or_result_is_not_sent_to_gemini(client, gemi
     parts = [part for content in sent["contents"] for part in content["parts"]]
     assert {"functionCall": {"name": "f", "args": {}}} in parts
     assert {"functionResponse": {"name": "f", "response": {"result": '{"t": Infinity}'}}} in parts
+
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", '{"model": "echo", "input": "hi", "metadata": {"x": NaN}}'),
+    ("/v1/messages", '{"model": "echo", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],'
+                     ' "tools": [{"name": "f", "input_schema": {"maximum": Infinity}}]}'),
+    ("/v1/chat/completions", '{"model": "echo", "messages": [{"role": "user", "content": "hi"}],'
+                             ' "metadata": {"x": -Infinity}}'),
+    ("/v1beta/models/echo:generateContent", '{"contents": [{"parts": [{"text": "hi"}]}],'
+                                            ' "generationConfig": {"seed": NaN}}'),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", '{"contents": [], "x": NaN}'),
+], ids=["responses", "anthropic", "v1", "gemini-echo", "gemini-pass-through"])
+def test_nan_and_infinity_in_a_body_are_a_400_not_echoed_back(client, gemini, path, body):
+    """Python's json reads them, JSON has not: a Responses request's metadata came back as
+    `"metadata": {"x": NaN}`, an answer no client could parse (found by trying)."""
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "not valid JSON" in json.dumps(response.json)
+    assert gemini.requests == []
+    words = '{"model": "echo", "input": "NaN and Infinity, as words"}'
+    assert client.post("/v1/responses", data=words, content_type="application/json").status_code == 200

@@ -26,7 +26,7 @@ import json
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_access_token
-from ..chat import ChatRequest, Delta, parse_json
+from ..chat import ChatRequest, Delta, parse_json, refuse_constant
 from ..config import Config
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NotFound, UpstreamError
 from ..relay import Cancel
@@ -174,7 +174,7 @@ def check_body(body: bytes, config: Config) -> dict:
     MAX_JSON_DEPTH) spends a pool key: anything else is our own 400 or 413."""
     refuse_many_values(body, config.max_json_values)
     try:
-        parsed = json.loads(body or b"{}")
+        parsed = json.loads(body or b"{}", parse_constant=refuse_constant)  # no NaN: not JSON
     except RecursionError:
         raise ClientError(f"the body's JSON is nested more than {config.max_json_depth} levels "
                           "deep (MAX_JSON_DEPTH)") from None
