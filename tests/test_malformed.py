@@ -110,6 +110,8 @@ def test_the_gemini_pass_through_spends_no_key_on_methods_it_does_not_offer(clie
     ("POST", "/v1beta/models/./gemini-2.5-flash:generateContent"),
     ("GET", "/v1beta/models/tuned//x"),
     ("GET", "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("POST", "/v1beta/models/:generateContent"),  # no model: it answered the model list, 200
+    ("POST", "/v1/models/:countTokens"),
 ])
 def test_odd_gemini_paths_are_refused(client, gemini, method, path):
     response = client.open(path, method=method, json={})

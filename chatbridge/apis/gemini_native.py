@@ -161,7 +161,8 @@ def parse_target(target: str, method: str, config: Config) -> tuple:
     model, _, action = target.partition(":")
     segments = model.split("/") if model else []
     if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
-            method == "POST") != bool(action) or any(s in ("", ".", "..") for s in segments):
+            method == "POST") != bool(action) or any(s in ("", ".", "..") for s in segments) or (
+            action and not model):  # models/:generateContent names no model
         raise no_endpoint()
     if action and action not in config.gemini_native_methods:
         raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
