@@ -129,6 +129,26 @@ def test_placeholders_take_every_schema_style(schema):
         jsonschema.validate(value, lower_types(schema))
 
 
+@pytest.mark.parametrize("schema", [
+    {"$defs": {"a": {"type": "array", "minItems": 100, "items": {"$ref": "#/$defs/a"}}},
+     "$ref": "#/$defs/a"},  # 100^16 values asked for
+    {"type": "object", "required": [f"k{i}" for i in range(2000)], "properties": {
+        f"k{i}": {"type": "array", "minItems": 1000, "items": {"type": "string", "minLength": 1000}}
+        for i in range(2000)}},  # 2000 x 100 x 1000 characters
+    {"type": "array", "minItems": 100, "items": {"type": "array", "minItems": 100,
+                                                  "items": {"const": "c" * 50_000}}},
+], ids=["nested arrays", "many strings", "a repeated const"])
+def test_a_schema_cannot_make_the_answer_huge(keyless, schema):
+    """Found by trying: a 100-byte schema held a worker forever, a 200 KB one made 500 MB."""
+    started = time.monotonic()
+    response = requests.post(keyless.url + "/v1/responses", timeout=TIMEOUT, json={
+        "model": "echo", "input": "hello", "store": False,
+        "text": {"format": {"type": "json_schema", "name": "big", "schema": schema}}})
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    assert len(response.content) < 3_000_000
+    assert json.loads(response.json()["output"][0]["content"][0]["text"]) is not None
+
+
 # ---------------------------------------------------------------- /tool
 
 
