@@ -16,12 +16,17 @@ from .errors import Unauthorized
 from .service import current_service
 
 
+def bearer_token() -> str:
+    """The token of an `Authorization: Bearer <token>` header, or ""."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
 def presented_token() -> str:
     """The token a client sent: as a Bearer token (OpenAI style), x-api-key (Anthropic's) or
     x-goog-api-key / key=."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    if bearer_token():
+        return bearer_token()
     if request.headers.get("x-api-key", "").strip():
         return request.headers["x-api-key"].strip()
     return request.headers.get("x-goog-api-key", "") or request.args.get("key", "")

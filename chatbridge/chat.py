@@ -176,3 +176,18 @@ def parse_json(text: Any) -> Any:
         return json.loads(text)
     except (TypeError, ValueError):
         return None
+
+
+def parse_strict_json(text: Any) -> Any:
+    """Parsed JSON as RFC 8259 defines it, or None: json.loads also takes NaN, Infinity and
+    -Infinity, and json.dumps writes them back out, which no client's JSON parser reads. For
+    tool call arguments, which are parsed here and sent on as objects (a model's
+    `{"a": NaN}` made /v1/messages and /v1beta answer with a body that is not JSON)."""
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except (TypeError, ValueError):
+        return None
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")

@@ -145,12 +145,15 @@ def secure_headers(response: Response) -> Response:
 
 
 def log_when_done(response: Response) -> Response:
-    """Log one line per request once its body has been sent (streams included)."""
+    """Log one line per request once its body has been sent (streams included). The line is
+    masked like everything else that leaves: its path, model and outcome are the client's own
+    text, and a key pasted into a model name reached the log whole (found by trying)."""
     record, method, path = g.chat_log, request.method, request.path
     response.headers["X-Request-ID"] = record.request_id
     level = logging.DEBUG if path == "/healthz" else logging.INFO
-    response.call_on_close(lambda: log.log(level, record.line(method, path,
-                                                              response.status_code)))
+    redact = current_service().redactor.redact
+    response.call_on_close(lambda: log.log(level, redact(record.line(method, path,
+                                                                     response.status_code))))
     return response
 
 

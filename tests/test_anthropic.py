@@ -479,6 +479,22 @@ def test_other_errors_get_anthropics_error_shape(make_app, settings, request_arg
     assert (response.status_code, response.json["error"]["type"]) == (status, kind)
 
 
+@pytest.mark.parametrize("method, path, status, kind", [
+    ("get", "/v1/messages", 405, "invalid_request_error"),
+    ("delete", "/v1/messages/count_tokens", 405, "invalid_request_error"),
+    ("post", "/v1/messages/batches", 404, "not_found_error"),
+    ("get", "/v1/messages/msg_01/x", 404, "not_found_error"),
+])
+def test_other_urls_under_messages_get_anthropics_error_shape(client, method, path, status, kind):
+    """They fell to /v1's catch-all, which answered in OpenAI's shape (found by trying)."""
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert set(response.json) == {"type", "error", "request_id"}
+    assert response.json["error"]["type"] == kind
+    assert status != 405 or response.headers["Allow"] == "OPTIONS, POST"
+    assert "param" in client.get("/v1/nothing-here").json["error"]  # OpenAI's shape there
+
+
 def test_over_the_rate_limit_is_anthropics_rate_limit_error(make_app):
     client = make_app(RATE_LIMIT="1/minute").test_client()
     body = {"model": "echo", "max_tokens": 10, "messages": HELLO}

@@ -129,6 +129,26 @@ def test_placeholders_take_every_schema_style(schema):
         jsonschema.validate(value, lower_types(schema))
 
 
+@pytest.mark.parametrize("schema", [
+    {"$defs": {"a": {"type": "array", "minItems": 100, "items": {"$ref": "#/$defs/a"}}},
+     "$ref": "#/$defs/a"},  # 100^16 values asked for
+    {"type": "object", "required": [f"k{i}" for i in range(2000)], "properties": {
+        f"k{i}": {"type": "array", "minItems": 1000, "items": {"type": "string", "minLength": 1000}}
+        for i in range(2000)}},  # 2000 x 100 x 1000 characters
+    {"type": "array", "minItems": 100, "items": {"type": "array", "minItems": 100,
+                                                  "items": {"const": "c" * 50_000}}},
+], ids=["nested arrays", "many strings", "a repeated const"])
+def test_a_schema_cannot_make_the_answer_huge(keyless, schema):
+    """Found by trying: a 100-byte schema held a worker forever, a 200 KB one made 500 MB."""
+    started = time.monotonic()
+    response = requests.post(keyless.url + "/v1/responses", timeout=TIMEOUT, json={
+        "model": "echo", "input": "hello", "store": False,
+        "text": {"format": {"type": "json_schema", "name": "big", "schema": schema}}})
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    assert len(response.content) < 3_000_000
+    assert json.loads(response.json()["output"][0]["content"][0]["text"]) is not None
+
+
 # ---------------------------------------------------------------- /tool
 
 
@@ -156,6 +176,7 @@ def test_a_tool_command_without_tools_offered_is_plain_text(openai_sdk):
 @pytest.mark.parametrize("command, message", [
     ("/tool get_time {}", "offers no tool of that name (it offers get_weather)"),
     ("/tool get_weather [1, 2]", "the arguments must be a JSON object"),
+    ('/tool get_weather {"days": NaN}', "the arguments must be a JSON object"),  # not JSON
 ])
 def test_a_tool_command_that_cannot_be_answered_is_a_400(keyless, command, message):
     response = requests.post(keyless.url + "/v1/chat/completions", timeout=TIMEOUT, json={
@@ -206,6 +227,8 @@ def test_google_sdk_generates_streams_and_counts_with_echo(google_sdk):
                                                       + whole.usage_metadata.candidates_token_count)
     chunks = list(google_sdk.models.generate_content_stream(model="echo", contents="hello brave world"))
     assert [c.text for c in chunks if c.text] == ["hello ", "brave ", "world"]
+    # The last chunk carries the finish reason; its text is "", never None (printed as "None").
+    assert chunks[-1].text == "" and chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     counted = google_sdk.models.count_tokens(model="echo", contents="hello there, how are you?")
     assert 3 <= counted.total_tokens <= 20
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.client import ask
 from tests.conftest import GEMINI_KEYS
-from tests.fakes import Reply
+from tests.fakes import Reply, json_reply
 
 HELLO = [{"role": "user", "content": "x"}]
 CALL = {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -110,6 +110,8 @@ def test_the_gemini_pass_through_spends_no_key_on_methods_it_does_not_offer(clie
     ("POST", "/v1beta/models/./gemini-2.5-flash:generateContent"),
     ("GET", "/v1beta/models/tuned//x"),
     ("GET", "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("POST", "/v1beta/models/:generateContent"),  # no model: it answered the model list, 200
+    ("POST", "/v1/models/:countTokens"),
 ])
 def test_odd_gemini_paths_are_refused(client, gemini, method, path):
     response = client.open(path, method=method, json={})
@@ -168,3 +170,69 @@ def test_the_allowed_file_types_are_a_setting(make_app):
     assert client.post("/api/chat", json=body).status_code == 200
     body["file_data"]["mime_type"] = "text/plain"
     assert client.post("/api/chat", json=body).status_code == 415
+
+
+def strict_json(text: str):
+    """text parsed as RFC 8259 JSON: NaN and Infinity are not JSON, whatever json.loads takes."""
+    def refuse(name):
+        raise ValueError(f"{name} in a response body")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("path, body, arguments_of", [
+    ("/v1/messages", {"model": "zju/m", "max_tokens": 100, "messages": HELLO,
+                      "tools": [{"name": "f", "input_schema": {"type": "object"}}]},
+     lambda answer: answer["content"][0]["input"]),
+    ("/v1beta/models/zju%2Fm:generateContent",
+     {"contents": [{"role": "user", "parts": [{"text": "x"}]}],
+      "tools": [{"functionDeclarations": [{"name": "f"}]}]},
+     lambda answer: answer["candidates"][0]["content"]["parts"][0]["functionCall"]["args"]),
+], ids=["anthropic", "gemini"])
+def test_a_models_nan_arguments_never_make_a_body_that_is_not_json(client, openai, path, body,
+                                                                    arguments_of):
+    """Found by trying: a tool call's arguments `{"a": NaN}` came back as `"input": {"a": NaN}`."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": '{"a": NaN, "b": -Infinity}'}}
+    openai.script = lambda recorded: json_reply({"id": "chatcmpl-1", "object": "chat.completion",
+        "created": 1, "model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]})
+    response = client.post(path, json=body)
+    assert response.status_code == 200
+    assert arguments_of(strict_json(response.get_data(as_text=True))) == {}
+
+
+def test_nan_in_a_clients_tool_call_or_result_is_not_sent_to_gemini(client, gemini):
+    """Arguments and results are sent to Gemini as objects: NaN would make its body not JSON."""
+    body = {"model": "gemini-2.5-flash", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**CALL, "function": {"name": "f", "arguments": '{"a": NaN}'}}]},
+        {"role": "tool", "tool_call_id": "a", "content": '{"t": Infinity}'}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    sent = strict_json(gemini.requests[0].body.decode())
+    parts = [part for content in sent["contents"] for part in content["parts"]]
+    assert {"functionCall": {"name": "f", "args": {}}} in parts
+    assert {"functionResponse": {"name": "f", "response": {"result": '{"t": Infinity}'}}} in parts
+
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", '{"model": "echo", "input": "hi", "metadata": {"x": NaN}}'),
+    ("/v1/messages", '{"model": "echo", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],'
+                     ' "tools": [{"name": "f", "input_schema": {"maximum": Infinity}}]}'),
+    ("/v1/chat/completions", '{"model": "echo", "messages": [{"role": "user", "content": "hi"}],'
+                             ' "metadata": {"x": -Infinity}}'),
+    ("/v1beta/models/echo:generateContent", '{"contents": [{"parts": [{"text": "hi"}]}],'
+                                            ' "generationConfig": {"seed": NaN}}'),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", '{"contents": [], "x": NaN}'),
+], ids=["responses", "anthropic", "v1", "gemini-echo", "gemini-pass-through"])
+def test_nan_and_infinity_in_a_body_are_a_400_not_echoed_back(client, gemini, path, body):
+    """Python's json reads them, JSON has not: a Responses request's metadata came back as
+    `"metadata": {"x": NaN}`, an answer no client could parse (found by trying)."""
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "not valid JSON" in json.dumps(response.json)
+    assert gemini.requests == []
+    words = '{"model": "echo", "input": "NaN and Infinity, as words"}'
+    assert client.post("/v1/responses", data=words, content_type="application/json").status_code == 200

@@ -92,3 +92,18 @@ def test_an_escaped_key_in_a_refused_gemini_request_is_masked(server, gemini):
     assert response.status_code == 400
     message = response.json()["error"]["message"]
     assert message.startswith("Bad key ") and not any(leaks(message, k) for k in GEMINI_KEYS)
+
+
+def test_a_key_a_client_puts_in_a_model_name_or_path_is_masked_in_the_log(server, gemini, openai):
+    """The request's log line repeats the client's path, model and error: masked too."""
+    body = {"contents": [{"parts": [{"text": "hi"}]}]}
+    requests.post(f"{server.url}/v1beta/models/{GEMINI_KEYS[1]}:generateContent", json=body,
+                  timeout=5)
+    requests.post(server.url + "/v1/responses", json={"model": ZJU_KEYS[1], "input": "hi"},
+                  timeout=5)
+    requests.post(f"{server.url}/v1/{ZJU_KEYS[0]}", json={}, timeout=5)
+    time.sleep(0.3)
+    log = server.log()
+    assert f"…{GEMINI_KEYS[1][-4:]}:generateContent" in log, "the line is there, masked"
+    for key in (GEMINI_KEYS[1], ZJU_KEYS[1], ZJU_KEYS[0]):
+        assert not leaks(log, key)

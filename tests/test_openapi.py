@@ -23,7 +23,7 @@ from tests.conftest import ADMIN_TOKEN
 
 AUTOMATIC = {"HEAD", "OPTIONS"}  # Flask adds these to every route
 # The Gemini pass-through shares /v1/models/<path> for POST; it is Google's API, out of scope.
-OUT_OF_SCOPE = {"openai.unknown", "gemini.unknown", "gemini.gemini_native"}
+OUT_OF_SCOPE = {"openai.unknown", "gemini.unknown", "gemini.gemini_native", "anthropic.unknown"}
 
 
 def shape(path: str) -> str:

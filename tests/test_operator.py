@@ -334,6 +334,16 @@ def test_the_admin_routes_need_the_admin_token(make_app, gemini, method, path):
     assert gemini.requests == []  # no check ran for a refused request
 
 
+@pytest.mark.parametrize("path", ["/metrics", "/api/keys"])
+def test_the_admin_token_counts_only_as_a_bearer_token(client_with_admin, path):
+    """Google's ?key= would put the operator's token in URLs and logs (found by trying it)."""
+    assert client_with_admin.get(path, headers=ADMIN).status_code == 200
+    for headers, query in (({"x-api-key": ADMIN_TOKEN}, ""),
+                           ({"x-goog-api-key": ADMIN_TOKEN}, ""), ({}, f"?key={ADMIN_TOKEN}")):
+        reply = client_with_admin.get(path + query, headers=headers)
+        assert reply.status_code == 401 and set(reply.json) == {"error"}
+
+
 def test_metrics_in_one_process_count_the_test_clients_requests(make_app, gemini):
     client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
     body = {"model": GEMINI, "messages": [{"role": "user", "content": "hi"}]}

@@ -8,7 +8,7 @@ import time
 
 from flask import Blueprint, Response, jsonify
 
-from ..auth import matches, presented_token
+from ..auth import bearer_token, matches
 from ..errors import NotFound, Unauthorized
 from ..keys import KeyPool, invalid_mark, key_status, quota_mark
 from ..logs import log
@@ -78,11 +78,14 @@ def key_entries(pool: KeyPool, only=None) -> list:
 
 
 def require_admin_token() -> None:
-    """Before each admin request: 404 while ADMIN_TOKEN is unset, 401 without it."""
+    """Before each admin request: 404 while ADMIN_TOKEN is unset, 401 without it. Only as
+    `Authorization: Bearer`, as the README says: the client APIs' other ways (x-api-key, and
+    Google's ?key=, which puts the token in URLs, proxy logs and browser history) are not
+    taken for the operator's token."""
     admin_token = current_service().config.admin_token
     if not admin_token:
         raise no_endpoint()
-    if not matches(presented_token(), (admin_token,)):
+    if not matches(bearer_token(), (admin_token,)):
         raise Unauthorized("this needs the admin token: Authorization: Bearer <ADMIN_TOKEN>")
 
 

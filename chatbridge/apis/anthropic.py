@@ -35,7 +35,7 @@ import uuid
 from flask import Blueprint, g, jsonify
 
 from ..auth import require_access_token
-from ..chat import Delta, ToolCallTracker, parse_json
+from ..chat import Delta, ToolCallTracker, parse_strict_json
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NoKeyAvailable, Unauthorized, UpstreamError
 from ..logs import log
 from ..relay import Cancel
@@ -43,7 +43,7 @@ from ..service import current_service
 from ..sse import StreamWriter
 from ..upstreams.base import estimate_tokens
 from .anthropic_request import parse_request
-from .common import install_error_handler, note_request, read_json_body, stream_response
+from .common import ANY_METHOD, install_error_handler, note_request, read_json_body, stream_response, unknown_url
 
 bp = Blueprint("anthropic", __name__)
 # Gemini's and OpenAI-compatible servers' words for a prompt over the model's context window
@@ -77,6 +77,15 @@ def count_tokens():
     svc = current_service()
     chat = parse_request(read_json_body(), svc.config, svc.providers, counting=True)
     return jsonify(input_tokens=svc.count_tokens(chat, note_request(chat)))
+
+
+@bp.route("/v1/messages", methods=["GET", "PUT", "PATCH", "DELETE"])
+@bp.route("/v1/messages/count_tokens", methods=["GET", "PUT", "PATCH", "DELETE"])
+@bp.route("/v1/messages/<path:rest>", methods=list(ANY_METHOD))
+def unknown(rest: str = ""):
+    """Another method or URL under /v1/messages: a 405 (or 404) in Anthropic's shape, not in
+    OpenAI's, which /v1's catch-all gave it (found by trying GET /v1/messages)."""
+    raise unknown_url()
 
 
 # ---------------------------------------------------------------- errors
@@ -281,7 +290,7 @@ def message_of(deltas: list, model: str, input_tokens: int) -> dict:
         if event["type"] == "content_block_start":
             content.append(dict(event["content_block"]))
         elif event["type"] == "content_block_stop" and content[index]["type"] == "tool_use":
-            parsed = parse_json(arguments.get(index, "")) if index in arguments else {}
+            parsed = parse_strict_json(arguments.get(index, "")) if index in arguments else {}
             content[index]["input"] = parsed if isinstance(parsed, dict) else {}
         elif event["type"] == "content_block_delta":
             apply_delta(content[index], event["delta"], arguments, index)

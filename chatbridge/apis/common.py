@@ -10,7 +10,7 @@ from flask import Response, current_app, g, jsonify, request
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from ..chat import ChatRequest
+from ..chat import ChatRequest, parse_strict_json
 from ..errors import ChatBridgeError, ClientError, ClientGone, NotFound
 from ..limits import rate_limited
 from ..logs import RequestLog, log
@@ -112,10 +112,20 @@ def read_json_body() -> dict:
         raise ClientError("the body is not valid JSON")
     if not isinstance(body, dict):
         raise ClientError("the body must be a JSON object")
+    refuse_non_finite(request.get_data())
     refuse_deep_nesting(body, config.max_json_depth)
     if ESCAPED_SURROGATE.search(request.get_data()):  # cheap: most bodies have no \uD8xx at all
         refuse_lone_surrogates(body)
     return body
+
+
+def refuse_non_finite(data: bytes) -> None:
+    """A 400 for NaN, Infinity or -Infinity, which Python's json module reads and writes but
+    JSON has not: a Responses request's `metadata` or tool schema came back with them in an
+    answer no client could parse (found by trying). Parsed again only when the text holds
+    such a word at all."""
+    if (b"NaN" in data or b"Infinity" in data) and parse_strict_json(data) is None:
+        raise ClientError("the body is not valid JSON: NaN and Infinity are not JSON numbers")
 
 
 def refuse_many_values(data: bytes, limit: int) -> None:

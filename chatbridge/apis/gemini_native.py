@@ -26,7 +26,7 @@ import json
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_access_token
-from ..chat import ChatRequest, Delta, parse_json
+from ..chat import ChatRequest, Delta, parse_json, refuse_constant
 from ..config import Config
 from ..errors import ChatBridgeError, ClientError, ModelNotFound, NotFound, UpstreamError
 from ..relay import Cancel
@@ -161,7 +161,8 @@ def parse_target(target: str, method: str, config: Config) -> tuple:
     model, _, action = target.partition(":")
     segments = model.split("/") if model else []
     if (model and not MODEL_NAME.fullmatch(model)) or (action and not action.isalpha()) or (
-            method == "POST") != bool(action) or any(s in ("", ".", "..") for s in segments):
+            method == "POST") != bool(action) or any(s in ("", ".", "..") for s in segments) or (
+            action and not model):  # models/:generateContent names no model
         raise no_endpoint()
     if action and action not in config.gemini_native_methods:
         raise NotFound(f"ChatBridge does not pass :{action} through; GEMINI_NATIVE_METHODS allows "
@@ -174,7 +175,7 @@ def check_body(body: bytes, config: Config) -> dict:
     MAX_JSON_DEPTH) spends a pool key: anything else is our own 400 or 413."""
     refuse_many_values(body, config.max_json_values)
     try:
-        parsed = json.loads(body or b"{}")
+        parsed = json.loads(body or b"{}", parse_constant=refuse_constant)  # no NaN: not JSON
     except RecursionError:
         raise ClientError(f"the body's JSON is nested more than {config.max_json_depth} levels "
                           "deep (MAX_JSON_DEPTH)") from None

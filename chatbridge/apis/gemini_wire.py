@@ -23,7 +23,7 @@ import re
 import uuid
 from typing import Any
 
-from ..chat import ChatRequest, Delta, ToolCallTracker, Turn, parse_json
+from ..chat import ChatRequest, Delta, ToolCallTracker, Turn, parse_strict_json
 from ..config import Config
 from ..errors import ClientError
 from ..sse import StreamWriter
@@ -249,7 +249,7 @@ def usage_metadata(usage: dict | None) -> dict:
 
 
 def function_call_part(call: dict) -> dict:
-    args = parse_json(call["arguments"])
+    args = parse_strict_json(call["arguments"])
     part = {"functionCall": {"id": call["id"], "name": call["name"],
                                 "args": args if isinstance(args, dict) else {}}}
     if call.get("signature"):
@@ -328,7 +328,10 @@ class GeminiChunkWriter(StreamWriter):
 
     def event(self, delta: Delta) -> bytes:
         if delta.kind == "finish":
-            return self.write(self.candidate.response(self.candidate.call_parts(), delta.value))
+            # An empty text part, not no parts: google-genai's chunk.text is then "" rather than
+            # None, which Google's own `print(chunk.text, end="")` loop printed as "None".
+            parts = self.candidate.call_parts() or [{"text": ""}]
+            return self.write(self.candidate.response(parts, delta.value))
         parts = self.candidate.take(delta)
         return self.write(self.candidate.response(parts)) if parts else b""
 

@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 
-from ..chat import Delta, Finish, Turn
+from ..chat import Delta, Finish, Turn, parse_strict_json
 from ..config import ECHO_MODEL
 from ..errors import ClientError
 from .base import Provider, WholeAnswer, estimate_tokens
@@ -141,10 +141,7 @@ def tool_call(chat, text: str) -> dict | None:
     if name not in offered:
         raise ClientError(f"echo: /tool {name}: the request offers no tool of that name "
                           f"(it offers {', '.join(map(str, offered))})")
-    try:
-        arguments = json.loads(raw)
-    except ValueError:
-        arguments = None
+    arguments = parse_strict_json(raw)
     if not isinstance(arguments, dict):
         raise ClientError(f"echo: /tool {name}: the arguments must be a JSON object, "
                           "e.g. /tool get_weather {\"city\": \"Paris\"}")

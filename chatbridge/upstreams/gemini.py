@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from urllib.parse import quote, urlencode
 
-from ..chat import ChatRequest, Delta, Finish, Turn, parse_json
+from ..chat import ChatRequest, Delta, Finish, Turn, parse_json, parse_strict_json
 from ..config import ApiKey
 from ..errors import UpstreamError
 from ..failures import classify_failure, failure_from_event
@@ -254,7 +254,7 @@ def generating_model(entry) -> str | None:
 def gemini_parts(turn: Turn) -> list:
     """A turn's Gemini parts: text, inline files, function calls or a function's result."""
     if turn.role == "tool":
-        result = parse_json(turn.text)
+        result = parse_strict_json(turn.text)
         response = result if isinstance(result, dict) else {"result": turn.text if result is None
                                                              else result}
         return [{"functionResponse": {"name": turn.tool_name, "response": response}}]
@@ -262,7 +262,7 @@ def gemini_parts(turn: Turn) -> list:
     parts += [{"file_data": {"mime_type": f.mime_type, "file_uri": f.url}} if f.url else
               {"inline_data": {"mime_type": f.mime_type, "data": f.data}} for f in turn.files]
     for call in turn.tool_calls:
-        args = parse_json(call["arguments"])
+        args = parse_strict_json(call["arguments"])
         part = {"functionCall": {"name": call["name"], "args": args if isinstance(args, dict)
                                  else {}}}
         if call.get("signature"):
