@@ -242,10 +242,12 @@ class Settings:
         pairs = []
         for entry in self.items(name):
             pattern, equals, model = (part.strip() for part in entry.partition("="))
-            if not equals or not ALIAS_PATTERN.fullmatch(pattern) or not ALIAS_TARGET.fullmatch(model):
+            empty_after_prefix = model.endswith("/")  # `zju/` names no model of zju's
+            if not equals or not ALIAS_PATTERN.fullmatch(pattern) or \
+                    not ALIAS_TARGET.fullmatch(model) or empty_after_prefix:
                 self.problems.append(f"{name}: {entry!r} must be pattern=model, e.g. "
                                      "claude-sonnet-*=gemini-2.5-pro (a model is a plain name "
-                                     "without * ? [ ] or spaces)")
+                                     "without * ? [ ] or spaces, and not just a prefix)")
             else:
                 pairs.append((pattern, model))
         return tuple(pairs)

@@ -31,9 +31,10 @@ def keyless(tmp_path):
 
 def test_model_aliases_are_checked_at_start_naming_each_bad_entry():
     with pytest.raises(ConfigError) as raised:
-        load_config({"MODEL_ALIASES": "ok-*=echo, no-equals, x=gemini-*, =echo"})
+        load_config({"MODEL_ALIASES": "ok-*=echo, no-equals, x=gemini-*, =echo, a*=zju/, b=/"})
     message = str(raised.value)
     assert "'no-equals'" in message and "'x=gemini-*'" in message and "'=echo'" in message
+    assert "'a*=zju/'" in message and "'b=/'" in message  # a provider prefix alone names no model
     assert "ok-*" not in message
     assert load_config({"MODEL_ALIASES": "a*=b\nc=d"}).model_aliases == (("a*", "b"), ("c", "d"))
 
