@@ -31,7 +31,10 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 WARM_UP_SECONDS = min(5.0, SOAK_SECONDS / 4)
 THREADS = 8
 TIMEOUT = 15
-TOKENS = [f"soak-client-token-{n:04d}" for n in range(100)]
+# Enough tokens that no well-behaved client reaches RATE_LIMIT in a minute on one worker, however
+# fast the service is: each sees 1/400 of the load (at 100 per token, 100 was too few once the
+# relay got faster)
+TOKENS = [f"soak-client-token-{n:04d}" for n in range(400)]
 GREEDY = "soak-greedy-token-0001"
 GREEDY_REQUESTS = 300  # more than RATE_LIMIT allows one client on both workers together
 GEMINI = "gemini-2.5-flash"
