@@ -178,6 +178,9 @@ def upstream_env(fake_gemini, fake_openai, **extra) -> dict:
     return {"ALL_GEMINI_API_KEYS": ",".join(GEMINI_KEYS), "ZJU_API_KEY": ",".join(ZJU_KEYS),
             "GEMINI_BASE_URL": fake_gemini.base_url, "ZJU_BASE_URL": fake_openai.base_url,
             "KEY_WAIT_SECONDS": "1", "UPSTREAM_READ_TIMEOUT": "5", "SSE_PING_SECONDS": "0.5",
+            # no periodic key re-checks unless a test asks: a round would end the rests other
+            # tests set up, at a moment that depends on which tests ran before
+            "KEY_CHECK_MINUTES": "0",
             **extra}
 
 
