@@ -204,9 +204,22 @@ def token_server(start_gunicorn, fake_gemini, fake_openai):
     return start_gunicorn(upstream_env(fake_gemini, fake_openai, **TOKEN_SETTINGS))
 
 
+RESERVED_PORTS = []  # sockets held for the session, so no server started later takes their port
+
+
+def closed_port() -> int:
+    """A port that refuses connections for the whole session: bound here and never listened
+    on. (A port found free and let go was taken by a later test's server, which then answered
+    the "unreachable" upstream's requests.)"""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    RESERVED_PORTS.append(sock)
+    return sock.getsockname()[1]
+
+
 def unreachable_settings() -> dict:
     """Gemini behind a closed port; GEMINI_MODEL is what /v1/models falls back to."""
-    return {"GEMINI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1beta",
+    return {"GEMINI_BASE_URL": f"http://127.0.0.1:{closed_port()}/v1beta",
             "GEMINI_MODEL": "gemini-2.5-flash-lite"}
 
 

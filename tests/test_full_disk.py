@@ -17,7 +17,7 @@ import requests
 from chatbridge.config import load_config
 from chatbridge.errors import ConfigError
 from tests.client import TIMEOUT, ask
-from tests.conftest import GEMINI_KEYS, PNG_B64, Gunicorn, free_port, upstream_env
+from tests.conftest import GEMINI_KEYS, PNG_B64, Gunicorn, closed_port, upstream_env
 
 DISK_KB = 256
 WORKERS = 3
@@ -180,7 +180,7 @@ def test_the_upload_cache_size_is_a_checked_setting():
 
 
 def test_healthz_reports_an_unreachable_redis_and_stays_in_rotation(make_app):
-    client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    client = make_app(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0").test_client()
     assert client.post("/api/chat", json={"user_content": "hi", "model": "echo"}).status_code == 200
     response = client.get("/healthz")
     assert response.status_code == 200, "every instance shares Redis: a restart would not help"

@@ -8,7 +8,7 @@ import requests
 from chatbridge.config import load_config
 from chatbridge.errors import ConfigError
 from tests.client import TIMEOUT, ask
-from tests.conftest import ADMIN_TOKEN, free_port, upstream_env
+from tests.conftest import ADMIN_TOKEN, closed_port, upstream_env
 
 ECHO = {"user_content": "hi", "model": "echo"}
 OTHER_TOKEN = "access-token-for-tests-0002"
@@ -161,7 +161,7 @@ def test_the_429_shows_no_token(make_app):
 def test_without_redis_the_limits_keep_counting_in_memory(make_app):
     """An unreachable REDIS_URL does not fail requests: each worker counts on its own."""
     client = make_app(RATE_LIMIT="2/minute",
-                      REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+                      REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0").test_client()
     assert statuses(client, 3) == [200, 200, 429]
 
 

@@ -19,7 +19,7 @@ import requests
 
 from chatbridge.state import FileStateStore, MemoryStateStore, RedisStateStore
 from tests.client import ask, events, post_chat, shape_a_text
-from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, REPO, ZJU_KEYS, free_port, upstream_env
+from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, REPO, ZJU_KEYS, closed_port, upstream_env
 from tests.fakes import Reply, gemini_429, gemini_midstream_error, gemini_stream
 
 K0, K1, K2 = GEMINI_KEYS
@@ -93,7 +93,7 @@ def test_an_upload_cached_by_one_instance_is_used_by_the_other(pair, gemini):
 
 @pytest.fixture(scope="module")
 def redis_down_server(start_gunicorn, fake_gemini, fake_openai):
-    env = upstream_env(fake_gemini, fake_openai, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env = upstream_env(fake_gemini, fake_openai, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
     return start_gunicorn(env, workers=1)
 
 
