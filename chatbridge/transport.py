@@ -123,10 +123,6 @@ class UpstreamResponse:
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
 
-    def json(self) -> Any:
-        """The parsed JSON body, or None when it is not JSON."""
-        return parse_json(self.text)
-
     def read(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at its end."""
         if self.reader is None:
