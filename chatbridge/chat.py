@@ -91,11 +91,21 @@ class Delta(NamedTuple):
 
     kind: text and reasoning (str), tool_call ({"index", "id", "name", "arguments",
     "signature"}), usage (OpenAI's usage dict), finish (a Finish), and for Gemini's
-    passed-through API event (an SSE data payload) and bytes (raw body bytes).
+    passed-through API event (an SSE data payload) and bytes (raw body bytes); and flush, the
+    markers below.
     """
 
     kind: str
     value: Any
+
+
+# Markers a streamed answer carries between its deltas, from the upstream read up to the relay
+# (chatbridge.relay), which reads the upstream in the client's own greenlet (issue 13): FLUSH
+# after what one read brought, so a burst goes out in one write but nothing waits on the next
+# read; SILENCE after SSE_PING_SECONDS without a byte, so a ping goes out. Every layer passes
+# them on; only the relay writes them.
+FLUSH = Delta("flush", None)
+SILENCE = Delta("flush", "silence")
 
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "other", "error")

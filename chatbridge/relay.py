@@ -4,9 +4,13 @@ Rules:
 - The status is settled before the first byte (the views open the upstream first, except
   shape A, which fails over inside its stream); once streaming, any failure is one terminal
   error event in the client's protocol.
-- The upstream is read in its own (green) thread, so a silent upstream cannot hide a
-  departed client: a `: ping` goes out every SSE_PING_SECONDS of silence, and when the
-  client has gone the next write fails and the upstream is closed.
+- A silent upstream cannot hide a departed client: a `: ping` goes out every SSE_PING_SECONDS
+  of silence, and when the client has gone the next write fails and the upstream is closed.
+  Under gevent workers the client's own greenlet reads the upstream, and the answer carries
+  markers (chat.FLUSH, chat.SILENCE) that say when to write and when to ping: a second
+  greenlet per stream, handing each chunk over, cost a third more CPU at 20 ms between chunks
+  and a second deep stack per open stream (issue 13). In threads (`python app.py`) a pump
+  thread reads the upstream and pings come from its queue's timeout.
 - A client that goes away, at any point, closes the upstream request, so no tokens are spent
   for nobody (Cancel).
 """
@@ -19,14 +23,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import gevent
-import gevent.queue
 import gevent.socket
 from gevent import monkey
 
-from .chat import COMPLETE_FINISHES, FIRST_TOKEN_KINDS
+from .chat import COMPLETE_FINISHES, FIRST_TOKEN_KINDS, SILENCE
 from .errors import ChatBridgeError, ClientGone, UpstreamError
 from .logs import RequestLog, log
-from .sse import PING, StreamWriter
+from .sse import StreamWriter
 from .transport import UpstreamResponse, close_upstream, release_upstream
 
 
@@ -100,6 +103,8 @@ class Answer:
     def deltas(self) -> Iterator:
         completed = False
         try:
+            # no FLUSH after the head: the read that brought its last delta puts one in the
+            # rest, after any further deltas it brought
             yield from self.head
             yield from self.rest
             completed = True
@@ -123,10 +128,15 @@ class Answer:
             close_upstream(self.response)
 
 
-def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterator:
-    """Yield lists of source's items as they arrive (all that are waiting, so a burst costs one
-    write), and PING whenever the source is silent for `interval` seconds."""
-    items = hand_over_queue()
+def in_green_threads() -> bool:
+    return monkey.is_module_patched("threading")
+
+
+def pumped(source: Iterator, interval: float, cancel: Cancel) -> Iterator:
+    """source's items, read in a thread of their own (`python app.py`, whose threads cannot
+    wait for a socket with a timeout), and chat.SILENCE whenever it is silent for `interval`
+    seconds."""
+    items = queue.Queue()
 
     def pump():
         cancel.watch()
@@ -137,63 +147,73 @@ def with_heartbeats(source: Iterator, interval: float, cancel: Cancel) -> Iterat
         except BaseException as exc:  # handed to the writer, which decides
             items.put((False, exc))
 
-    if monkey.is_module_patched("threading"):
-        gevent.spawn(pump)  # a bare greenlet: a patched Thread costs an Event, locks and a registry
-    else:
-        threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
+    threading.Thread(target=pump, daemon=True, name="upstream-pump").start()
     while True:
         try:
-            handed = [items.get(timeout=interval)]
+            more, item = items.get(timeout=interval)
         except queue.Empty:
-            yield PING
+            yield SILENCE
             continue
-        while handed[-1][0] and not items.empty():
-            handed.append(items.get_nowait())
-        batch = [item for more, item in handed if more]
-        if batch:
-            yield batch
-        more, item = handed[-1]
         if not more:
             if item is not None:
                 raise item
             return
+        yield item
 
 
-def hand_over_queue():
-    """A queue between the pump and the writer: gevent's own under gevent workers (its get with
-    a timeout costs a fraction of the patched queue.Queue's), the standard one in threads."""
-    if monkey.is_module_patched("threading"):
-        return gevent.queue.Queue()
-    return queue.Queue()
+def opening(call: Callable, cancel: Cancel, interval: float):
+    """call()'s result, made in a greenlet of its own while the stream yields chat.SILENCE every
+    `interval` seconds (a generator: `answer = yield from opening(...)`), so an answer opened
+    inside its stream (shape A, failing over) keeps the client's connection alive. In threads
+    call() runs at once, as the pump already pings."""
+    if not in_green_threads():
+        return call()
+
+    def watched():
+        cancel.watch()
+        try:
+            return call(), None
+        except Exception as exc:  # raised in the stream, not printed by gevent's hub
+            return None, exc
+    task = gevent.spawn(watched)
+    try:
+        while not task.ready():
+            task.join(interval)
+            if not task.ready():
+                yield SILENCE
+        result, failure = task.get()
+        if failure is not None:
+            raise failure
+        return result
+    finally:
+        task.kill(block=False)
+        cancel.worker = None
 
 
 def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Cancel,
           ping_seconds: float, on_success: Callable | None = None) -> Iterator:
     """Write an answer's deltas to the client; any failure becomes one terminal error event.
+    Deltas are gathered until a chat.FLUSH, then written at once; chat.SILENCE writes a ping.
 
     on_success(text) runs with the whole answer's text before the client is told it is done,
     if the answer really completed (chatbridge.chat.COMPLETE_FINISHES).
     """
-    texts, finish = [], None
+    answer, pending = Written(record, on_success is not None), []
+    green = in_green_threads()
     try:
         yield writer.start()
-        for batch in with_heartbeats(source, ping_seconds, cancel):
-            if batch is PING:
+        for delta in source if green else pumped(source, ping_seconds, cancel):
+            if delta.kind != "flush":
+                answer.note(delta)
+                pending.append(writer.event(delta))
+            elif pending:
+                yield b"".join(pending)
+                pending = []
+            elif delta.value:
                 yield writer.ping
-                continue
-            if record.first_token is None and any(d.kind in FIRST_TOKEN_KINDS for d in batch):
-                record.mark_first_token()
-            for item in batch:
-                if item.kind == "text" and on_success:
-                    texts.append(item.value)
-                elif item.kind == "finish":
-                    finish = item.value
-                elif item.kind == "usage":
-                    record.usage = item.value
-            yield b"".join(map(writer.event, batch))
-        if on_success and finish in COMPLETE_FINISHES:
-            on_success("".join(texts))
-        yield writer.done()
+        if on_success and answer.finish in COMPLETE_FINISHES:
+            on_success("".join(answer.texts))
+        yield b"".join(pending) + writer.done()
     except GeneratorExit:
         record.outcome = "client disconnected"
         raise
@@ -201,9 +221,33 @@ def relay(source: Iterator, writer: StreamWriter, record: RequestLog, cancel: Ca
         message = failure_text(exc)
         record.outcome = f"error: {message}"
         record.error_status = exc.status if isinstance(exc, ChatBridgeError) else 500
-        yield writer.error(message)
+        yield b"".join(pending) + writer.error(message)
     finally:
         cancel.cancel()
+        if green:  # in threads the pump may still be inside it
+            with suppress(Exception):
+                source.close()
+
+
+class Written:
+    """What the relay notes of the deltas it writes: the first token's time, the usage, the
+    finish reason, and the text when asked to keep it."""
+
+    def __init__(self, record: RequestLog, keep_text: bool):
+        self.record, self.keep_text = record, keep_text
+        self.texts, self.finish = [], None
+
+    def note(self, delta) -> None:
+        kind = delta.kind
+        if self.record.first_token is None and kind in FIRST_TOKEN_KINDS:
+            self.record.mark_first_token()
+        if kind == "text":
+            if self.keep_text:
+                self.texts.append(delta.value)
+        elif kind == "finish":
+            self.finish = delta.value
+        elif kind == "usage":
+            self.record.usage = delta.value
 
 
 def failure_text(exc: Exception) -> str:

@@ -44,7 +44,8 @@ class Service:
     def __init__(self, config: Config):
         self.config = config
         self.store = open_store(config)
-        self.transport = Transport(config.connect_timeout, config.read_timeout)
+        self.transport = Transport(config.connect_timeout, config.read_timeout,
+                                   config.ping_seconds)
         self.providers = Registry(config, self.transport)
         self.redactor = Redactor(config.secrets, config.key_secrets)
         self.pools = {p.name: KeyPool(p, self.store, self.redactor, config.key_wait_seconds)

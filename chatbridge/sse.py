@@ -23,10 +23,14 @@ def iter_sse_data(chunks: Iterable) -> Iterator:
 
     Lines end in CRLF, CR or LF, even across chunk edges; each line is decoded as UTF-8 only
     once complete. Comments are skipped. Lines that are not SSE fields (a raw JSON error
-    tail) are collected and yielded last as ("raw", text).
+    tail) are collected and yielded last as ("raw", text). The relay's markers (chat.FLUSH,
+    chat.SILENCE) pass through where they come.
     """
     pending, data, raw = b"", [], []
     for chunk in chunks:
+        if chunk.__class__ is Delta:
+            yield chunk
+            continue
         pending = line_feeds(pending + chunk)
         *lines, pending = pending.split(b"\n")
         for line in lines:

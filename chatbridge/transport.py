@@ -3,8 +3,9 @@
 One pool manager per app, connections kept alive and reused. Keys travel in headers, never in
 a URL; redirects are never followed (a 3xx is an upstream failure) and no cookie is kept (none
 is ever sent). Streams ask for no compression, which would make events arrive in bursts, and
-their bodies are read as they arrive (BodyReader). Network exceptions become UpstreamErrors
-here (errors.failure_from_exception).
+their bodies are read as they arrive (iter_body), with the markers the relay writes by
+(chat.FLUSH after each read, chat.SILENCE after silence_seconds without a byte, under gevent).
+Network exceptions become UpstreamErrors here (errors.failure_from_exception).
 
 urllib3 is used without requests on purpose: requests' per-request work (merging settings,
 hooks, cookie jars, re-preparing the request) was about a seventh of a worker's CPU per
@@ -15,14 +16,16 @@ import json
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
 import urllib3
+from gevent import monkey
 from requests.utils import get_environ_proxies
 
-from .chat import parse_json
+from .chat import FLUSH, SILENCE, parse_json
 from .errors import UpstreamError, failure_from_exception
 from .failures import classify_failure
 
@@ -36,10 +39,13 @@ NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 class Transport:
-    """Pooled HTTP with the configured connect and read timeouts (seconds)."""
+    """Pooled HTTP with the configured connect and read timeouts (seconds); a stream's reader
+    says when silence_seconds pass without a byte (iter_body), under gevent workers."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float):
+    def __init__(self, connect_timeout: float, read_timeout: float,
+                 silence_seconds: float | None = None):
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.read_timeout, self.silence_seconds = read_timeout, silence_seconds
         self.direct = urllib3.PoolManager(num_pools=8, maxsize=POOL_SIZE)
         self.proxied = {}  # proxy URL -> its ProxyManager
         self.proxies = {}  # upstream origin -> proxy URL or None, looked up once
@@ -63,6 +69,8 @@ class Transport:
         response = UpstreamResponse(raw)
         if not stream:
             response.load()
+        elif self.silence_seconds and monkey.is_module_patched("socket"):
+            response.silence = (self.silence_seconds, self.read_timeout)
         if response.is_redirect:  # following it would hand the key and prompt to another host
             response.close()
             raise UpstreamError("server", f"the upstream answered with a redirect (HTTP "
@@ -99,6 +107,7 @@ class UpstreamResponse:
         self.headers = raw.headers
         self.reader = None
         self._content = None
+        self.silence = None  # (seconds that count as silence, the read timeout) for iter_body
 
     @property
     def is_redirect(self) -> bool:
@@ -123,11 +132,12 @@ class UpstreamResponse:
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
 
-    def read(self) -> bytes:
-        """The next bytes of the body as they arrive; b"" at its end."""
+    def read(self, wait: float | None = None) -> bytes | None:
+        """The next bytes of the body as they arrive; b"" at its end; None once `wait` seconds
+        have passed without any (under gevent only)."""
         if self.reader is None:
             self.reader = body_reader(self.raw)
-        return self.reader()
+        return self.reader(wait)
 
     def close(self) -> None:
         with suppress(*NETWORK_ERRORS, RuntimeError):
@@ -144,7 +154,20 @@ def body_reader(raw: urllib3.BaseHTTPResponse):
     if identity and getattr(message, "chunked", False) and message.chunk_left is None \
             and socket_file is not None:
         return ChunkedBody(raw, socket_file).read
-    return lambda: raw.read1(READ_SIZE, decode_content=True)
+
+    def read(wait):
+        if wait is not None and socket_file is not None and not arrives(socket_file.peek, wait):
+            return None  # peeked, not read: urllib3 closes the connection on an interrupted read
+        return raw.read1(READ_SIZE, decode_content=True)
+    return read
+
+
+def arrives(read, wait: float):
+    """read()'s result, or None if nothing came within `wait` seconds (a gevent.Timeout, which
+    leaves a socket file as it was: a socket timeout would mark it unreadable for good)."""
+    with gevent.Timeout(wait, False):
+        return read()
+    return None
 
 
 class ChunkedBody:
@@ -165,10 +188,17 @@ class ChunkedBody:
         self.crlf = 0  # bytes of the CRLF after it still to come
         self.done = False
 
-    def read(self) -> bytes:
+    def read(self, wait: float | None = None) -> bytes | None:
+        """The chunk data that has come (b"" at the end), or None after `wait` seconds of
+        silence; a chunk cut in two stays in the buffer for the next call."""
         try:
             while not self.done:
-                data = self.socket_file.read1(READ_SIZE)
+                if wait is None:
+                    data = self.socket_file.read1(READ_SIZE)
+                else:
+                    data = arrives(partial(self.socket_file.read1, READ_SIZE), wait)
+                    if data is None:
+                        return None
                 if not data:
                     raise urllib3.exceptions.ProtocolError("the upstream closed the connection "
                                                            "before the end of its chunked body")
@@ -243,11 +273,29 @@ def iter_body(response: UpstreamResponse) -> Iterator:
         yield response._content
         return
     try:
-        while True:
-            chunk = response.read()
-            if not chunk:
-                return
+        while chunk := response.read():
             yield chunk
+    except NETWORK_ERRORS as exc:
+        raise failure_from_exception(exc) from None
+
+
+def iter_stream(response: UpstreamResponse) -> Iterator:
+    """A streamed body's bytes as they arrive, each read followed by chat.FLUSH, and chat.SILENCE
+    for each response.silence seconds without a byte (under gevent); the read timeout counts the
+    whole silence, as one blocking read's would."""
+    wait, read_timeout = response.silence or (None, None)
+    quiet = 0.0
+    try:
+        while (chunk := response.read(wait)) != b"":
+            if chunk is None:
+                quiet += wait
+                if quiet >= read_timeout:
+                    raise TimeoutError()
+                yield SILENCE
+                continue
+            quiet = 0.0
+            yield chunk
+            yield FLUSH
     except NETWORK_ERRORS as exc:
         raise failure_from_exception(exc) from None
 

@@ -236,3 +236,89 @@ def test_a_client_leaving_before_the_first_token_closes_the_upstream(server, gem
     assert gemini.wait_for_disconnects(1, 2.0), "the upstream request was closed"
     assert gemini.disconnects[0] - left < 2.0
     assert len(gemini.requests) == 1, "no other key was tried for nobody"
+
+
+# ---------------------------------------------------------------- when bytes go out (issue 13)
+
+GEMINI = "gemini-2.5-flash"
+ZJU = "deepseek-v3-671b"
+USER = [{"role": "user", "content": "hi"}]
+STREAM_CALLS = {  # name: (path, body, upstream)
+    "shape-a": ("/api/chat", {"message": "hi"}, "gemini"),
+    "shape-b": ("/api/chat", {"user_content": "hi", "model": GEMINI, "stream": True}, "gemini"),
+    "use-chat": ("/api/chat", {"model": GEMINI, "messages": [
+        {"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}]}, "gemini"),
+    "chat-completions": ("/v1/chat/completions",
+                         {"model": ZJU, "messages": USER, "stream": True}, "openai"),
+    "chat-completions-gemini": ("/v1/chat/completions",
+                                {"model": GEMINI, "messages": USER, "stream": True}, "gemini"),
+    "messages": ("/v1/messages", {"model": GEMINI, "max_tokens": 100, "messages": USER,
+                                  "stream": True}, "gemini"),
+    "responses": ("/v1/responses", {"model": ZJU, "input": "hi", "stream": True}, "openai"),
+    "gemini-sse": (f"/v1beta/models/{GEMINI}:streamGenerateContent?alt=sse",
+                   {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, "gemini"),
+    "gemini-json-array": (f"/v1beta/models/{GEMINI}:streamGenerateContent",
+                          {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, "gemini"),
+}
+
+
+def upstream_events(upstream: str, texts: list, finish: bool) -> list:
+    """One chunk per text, in the upstream's wire format; the last says finish when asked."""
+    if upstream == "gemini":
+        return gemini_sse(gemini_events(texts, finish="STOP" if finish else None))
+    return openai_stream(texts, finish="stop" if finish else None, done=finish).chunks
+
+
+def script(fake, upstream: str, chunks: list, **reply) -> None:
+    headers = {} if upstream == "gemini" else {"Content-Type": "text/event-stream"}
+    fake.script = lambda r: Reply(chunks=chunks, headers=headers, **reply)
+
+
+@pytest.mark.parametrize("name", STREAM_CALLS)
+def test_the_first_event_goes_out_while_the_upstream_says_nothing_more(server, gemini, openai,
+                                                                      name):
+    """Events are written when a read of the upstream has brought them, not when a later read
+    returns: here the upstream sends one event and then nothing until the read timeout, and the
+    client reads the event before the stream's timeout error."""
+    path, body, upstream = STREAM_CALLS[name]
+    script(gemini if upstream == "gemini" else openai, upstream,
+           upstream_events(upstream, ["first"], finish=False), hang=True)
+    with requests.post(server.url + path, json=body, stream=True, timeout=10) as response:
+        assert response.status_code == 200, response.text
+        seen = b""
+        for piece in response.iter_content(chunk_size=None):
+            seen += piece
+            if b"first" in seen:
+                break
+    assert b"first" in seen and b"timeout" not in seen.lower(), seen
+
+
+@pytest.mark.parametrize("name", [n for n in STREAM_CALLS if not n.startswith("gemini-")])
+def test_a_silence_mid_answer_is_filled_with_pings_after_what_came_before_it(
+        server, gemini, openai, name):
+    """The text before a silence, then the pings during it, then the rest: SSE_PING_SECONDS is
+    0.5 here. (Google's own API has no pings: test_gateway checks that none are added.)"""
+    path, body, upstream = STREAM_CALLS[name]
+    chunks = upstream_events(upstream, ["first", " second"], finish=True)
+    cut = next(i for i, chunk in enumerate(chunks) if b"first" in chunk) + 1
+    script(gemini if upstream == "gemini" else openai, upstream,
+           chunks[:cut] + [1.3] + chunks[cut:])
+    text = requests.post(server.url + path, json=body, timeout=10).text
+    first, ping, second = text.find("first"), text.find(": ping"), text.find("second")
+    assert 0 <= first < ping < second, text
+
+
+@pytest.mark.parametrize("name", STREAM_CALLS)
+def test_a_burst_of_events_goes_out_in_few_writes(server, gemini, openai, name):
+    """Thirty events that come in one read are written together, not one write each: the
+    response has a handful of HTTP chunks, and every text in them."""
+    path, body, upstream = STREAM_CALLS[name]
+    texts = [f"w{i} " for i in range(30)]
+    script(gemini if upstream == "gemini" else openai, upstream,
+           [b"".join(upstream_events(upstream, texts, finish=True))])
+    with requests.post(server.url + path, json=body, stream=True, timeout=10) as response:
+        assert response.status_code == 200, response.text
+        pieces = [piece for piece in response.raw.read_chunked() if piece]
+    joined = b"".join(pieces).decode()
+    assert all(text.strip() in joined for text in texts), joined
+    assert len(pieces) <= 4, [piece[:80] for piece in pieces]

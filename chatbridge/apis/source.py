@@ -29,7 +29,7 @@ from ..conversations import attachment_of
 from ..errors import ChatBridgeError, ClientError, NotFound
 from ..keys import KeyPlan
 from ..logs import RequestLog
-from ..relay import Cancel
+from ..relay import Cancel, opening
 from ..service import Service, current_service
 from ..sse import StreamWriter, sse
 from . import ui_stream
@@ -83,7 +83,9 @@ def chat():
 def lazy_answer(svc: Service, chat: ChatRequest, plan: KeyPlan | None, cancel: Cancel,
                 record: RequestLog) -> Iterator:
     """Shape A opens the upstream inside the stream, so it can ping while failing over."""
-    yield from svc.stream_answer(chat, plan, cancel, record).deltas()
+    answer = yield from opening(lambda: svc.stream_answer(chat, plan, cancel, record), cancel,
+                                svc.config.ping_seconds)
+    yield from answer.deltas()
 
 
 @bp.post("/api/upload")

@@ -17,7 +17,7 @@ from ..errors import UpstreamError
 from ..failures import classify_failure, failure_from_event
 from ..relay import Answer, Cancel
 from ..sse import iter_sse_data
-from ..transport import Transport, iter_body, opened_stream
+from ..transport import Transport, iter_body, iter_stream, opened_stream
 
 
 @dataclass
@@ -130,7 +130,7 @@ class HttpProvider(Provider):
             if says_json(response):  # an upstream that ignored stream: true answered whole
                 events = json_events(b"".join(iter_body(response)))
             else:
-                events = iter_sse_data(iter_body(response))
+                events = iter_sse_data(iter_stream(response))
             rest = iter_deltas(events, self.deltas)
             return Answer(read_until_content(rest, chat.empty_answers), rest, response, cancel)
 
@@ -218,6 +218,9 @@ def iter_deltas(events: Iterable, translate) -> Iterator:
         if kind == "raw":
             raise_error_tail(payload)
             continue
+        if kind == "flush":  # the relay's markers (chat.FLUSH, chat.SILENCE) pass through
+            yield Delta(kind, payload)
+            continue
         if payload.strip() == "[DONE]":
             break
         event = parse_json(payload)
@@ -270,6 +273,8 @@ def read_until_content(deltas: Iterator, empty_answers: bool = False) -> list:
     as OpenAI's finish_reason does)."""
     head = []
     for delta in deltas:
+        if delta.kind == "flush":  # nothing goes out before the answer has started
+            continue
         head.append(delta)
         if delta.kind in CONTENT_KINDS:
             return head

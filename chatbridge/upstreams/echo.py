@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 
-from ..chat import Delta, Finish, Turn, parse_strict_json
+from ..chat import FLUSH, Delta, Finish, Turn, parse_strict_json
 from ..config import ECHO_MODEL
 from ..errors import ClientError
 from .base import Provider, WholeAnswer, estimate_tokens
@@ -85,11 +85,13 @@ def echo_deltas(chat) -> list:
 
 
 def paced(deltas: list):
-    """Yield deltas with ECHO_WORD_DELAY between the pieces of content."""
+    """Yield deltas with ECHO_WORD_DELAY between the pieces of content, and a chat.FLUSH before
+    each pause, so what came before it goes out."""
     started = False
     for delta in deltas:
         if delta.kind in ("text", "tool_call", "reasoning"):
             if started:
+                yield FLUSH
                 time.sleep(ECHO_WORD_DELAY)
             started = True
         yield delta

@@ -17,7 +17,7 @@ from ..failures import classify_failure, failure_from_event
 from ..logs import log
 from ..relay import Answer, Cancel
 from ..sse import iter_sse_data
-from ..transport import iter_body, opened_stream
+from ..transport import iter_stream, opened_stream
 from .base import HttpProvider
 
 # Candidate.finishReason (Gemini API reference, GenerateContentResponse) in the neutral
@@ -152,18 +152,33 @@ class GeminiProvider(HttpProvider):
         """Gemini's stream, unchanged; an SSE stream must first show an event that is no error."""
         with opened_stream(self.send_native(call, key, stream=True), cancel) as response:
             if call.query.get("alt") != "sse":  # the JSON-array form, relayed as it comes
-                return Answer([], (Delta("bytes", chunk) for chunk in iter_body(response)),
-                              response, cancel)
-            events = iter_sse_data(iter_body(response))
+                return Answer([], map(native_bytes, iter_stream(response)), response, cancel)
+            events = iter_sse_data(iter_stream(response))
             head = first_native_event(events)
-            rest = (Delta("event", p) if kind == "data" else Delta("bytes", p.encode() + b"\n")
-                    for kind, p in events)
-            return Answer([head], rest, response, cancel)
+            return Answer([head], map(native_delta, events), response, cancel)
+
+
+def native_bytes(chunk) -> Delta:
+    """A piece of a passed-through body as a bytes delta; the relay's markers as they are."""
+    return chunk if chunk.__class__ is Delta else Delta("bytes", chunk)
+
+
+def native_delta(event: tuple) -> Delta:
+    """A passed-through SSE event as an event delta, a line that is none as a bytes delta (an
+    error tail), the relay's markers as they are."""
+    kind, payload = event
+    if kind == "data":
+        return Delta("event", payload)
+    if kind == "flush":
+        return Delta(kind, payload)
+    return Delta("bytes", payload.encode() + b"\n")
 
 
 def first_native_event(events) -> Delta:
     """The first event of a passed-through Gemini stream, unless it is an error."""
     for kind, payload in events:
+        if kind == "flush":
+            continue
         event = parse_json(payload)
         if isinstance(event, list) and event:
             event = event[0]
