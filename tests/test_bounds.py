@@ -376,5 +376,9 @@ def test_the_gemini_pass_through_is_bounded_too(make_app, gemini):
     response = client.post("/v1beta/models/gemini-2.5-flash:generateContent",
                            json={"contents": [{"parts": parts}]})
     assert response.status_code == 413
+    # Google's own answer to a body over its limit says INVALID_ARGUMENT (google.rpc.Code
+    # has no mapping for 413; FAILED_PRECONDITION is about the system's state)
+    assert response.json["error"]["status"] == "INVALID_ARGUMENT"
+    assert response.json["error"]["code"] == 413
     assert "MAX_JSON_VALUES" in response.json["error"]["message"]
     assert gemini.requests == []
