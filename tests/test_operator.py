@@ -405,3 +405,27 @@ def test_the_keys_check_command_without_keys_or_with_bad_settings(tmp_path):
     assert result.returncode == 1 and "no keys configured" in result.stderr
     result = run_check({"KEY_CHECK_MINUTES": "-1", "ALL_GEMINI_API_KEYS": "k" * 20}, tmp_path)
     assert result.returncode == 2 and "KEY_CHECK_MINUTES" in result.stderr
+
+
+TWIN = "AIzaSyQ1w2E3r4T5y6U7i8O9p0AsDfGhJkaaaa"  # ends as GEMINI_KEYS[0] does
+
+
+def test_keys_that_share_their_last_four_characters_are_named_by_position(make_app, gemini):
+    """Two keys ending in the same four characters: each has its own name (…aaaa-1, …aaaa-2),
+    and reset and check act on the key named, never on the first that ends so."""
+    keys = [GEMINI_KEYS[0], TWIN, GEMINI_KEYS[1]]
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN, ALL_GEMINI_API_KEYS=",".join(keys)).test_client()
+    names = [e["key"] for e in client.get("/api/keys", headers=ADMIN).json["providers"]["gemini"]]
+    assert names == ["…aaaa-1", "…aaaa-2", f"…{GEMINI_KEYS[1][-4:]}"]
+    gemini.valid_keys = {GEMINI_KEYS[0], GEMINI_KEYS[1]}
+    reply = client.post("/api/keys/gemini/aaaa-2/check", headers=ADMIN)
+    assert reply.json["key"]["key"] == "…aaaa-2" and reply.json["check"]["result"] == "invalid"
+    assert [r.key for r in gemini.requests] == [TWIN]
+    states = {e["key"]: e["state"] for e in client.get("/api/keys", headers=ADMIN).json["providers"]["gemini"]}
+    assert (states["…aaaa-1"], states["…aaaa-2"]) == ("ok", "invalid")
+    reply = client.post("/api/keys/gemini/…aaaa-2/reset", headers=ADMIN)
+    assert reply.json["key"]["key"] == "…aaaa-2" and reply.json["key"]["state"] == "ok"
+    ambiguous = client.post("/api/keys/gemini/aaaa/reset", headers=ADMIN)
+    assert ambiguous.status_code == 400
+    assert ambiguous.json == {"error": "2 'gemini' keys end in 'aaaa': name one as aaaa-1 or aaaa-2"}
+    assert TWIN not in str(ambiguous.json) and TWIN[:-4] not in client.get("/api/keys", headers=ADMIN).text
