@@ -357,6 +357,24 @@ def test_metrics_in_one_process_count_the_test_clients_requests(make_app, gemini
     assert value(found, total, api="source_b", outcome="client_error") == 1
 
 
+def test_count_tokens_requests_are_counted_apart_from_messages(make_app):
+    """count_tokens shares the Messages shape but asks for no message: api anthropic_count_tokens."""
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    body = {"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    for path, json_body, status in (("/v1/messages", body, 200), ("/v1/messages/count_tokens", body, 200),
+                                     ("/v1/messages/count_tokens", body, 200),
+                                     ("/v1/messages/count_tokens", {"messages": []}, 400)):
+        with client.post(path, json=json_body) as reply:
+            assert reply.status_code == status
+    found = samples(client.get("/metrics", headers=ADMIN).text)
+    total = "chatbridge_requests_total"
+    assert value(found, total, api="anthropic", provider="echo", outcome="ok") == 1
+    assert value(found, total, api="anthropic_count_tokens", provider="echo", outcome="ok") == 2
+    assert value(found, total, api="anthropic_count_tokens", outcome="client_error") == 1
+    assert value(found, "chatbridge_request_duration_seconds_count", api="anthropic") == 1
+    assert value(found, "chatbridge_request_duration_seconds_count", api="anthropic_count_tokens") == 3
+
+
 def test_a_stream_that_ends_for_want_of_keys_counts_as_rate_limited(make_app, gemini):
     client = make_app(ADMIN_TOKEN=ADMIN_TOKEN, KEY_WAIT_SECONDS="0").test_client()
     gemini.script = lambda recorded: gemini_429("600s")
