@@ -8,7 +8,7 @@ import sys
 
 from chatbridge import create_app
 from chatbridge.errors import ConfigError
-from chatbridge.logs import redact_access_log
+from chatbridge.logs import DevRequestHandler, redact_access_log
 
 
 def __getattr__(name: str):
@@ -25,4 +25,5 @@ if __name__ == "__main__":
         sys.exit(f"ChatBridge cannot start: {error}")  # the message, not a traceback
     service = app.extensions["chatbridge"]
     redact_access_log(service.redactor)
-    app.run(host=service.config.host, port=service.config.port, threaded=True)
+    app.run(host=service.config.host, port=service.config.port, threaded=True,
+            request_handler=DevRequestHandler)

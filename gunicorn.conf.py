@@ -34,8 +34,9 @@ graceful_timeout = 30  # seconds streams in flight get to finish on SIGTERM (a r
 CHECK = """
 from chatbridge.config import load_config
 from chatbridge.errors import ConfigError
+from chatbridge.upstreams import check_aliases
 try:
-    load_config()
+    check_aliases(load_config())
 except ConfigError as error:
     raise SystemExit(str(error))
 """

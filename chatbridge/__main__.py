@@ -34,7 +34,7 @@ def keys_check() -> int:
         names = ", ".join(p.key_variable for p in service.providers.keyed())
         print(f"no keys configured ({names})", file=sys.stderr)
         return 1
-    rows = [(name, key.secret[-4:], outcome["result"], " ".join(outcome["message"].split()))
+    rows = [(name, key.label.removeprefix("…"), outcome["result"], " ".join(outcome["message"].split()))
             for name, key, outcome in outcomes]
     print_table([HEADER, *rows])
     failed = sum(outcome["result"] != "ok" for _, _, outcome in outcomes)

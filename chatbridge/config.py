@@ -9,7 +9,8 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class ApiKey:
 
     secret: str = field(repr=False)
     group: str  # keys of one Google project share a quota group
+    twin: int = 0  # 1, 2, … among a provider's keys with the same last four characters; else 0
 
     @cached_property  # a SHA-256 each time was looked up several times per request
     def id(self) -> str:
@@ -43,6 +45,12 @@ class ApiKey:
     def suffix(self) -> str:
         """What logs may show of the key: its last four characters."""
         return "…" + self.secret[-4:]
+
+    @property
+    def label(self) -> str:
+        """The key's name for operators (admin API and page, log lines): its last four
+        characters, and its position among the keys that share them (`…abcd-2`)."""
+        return self.suffix + (f"-{self.twin}" if self.twin else "")
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,22 @@ def parse_keys(raw: str, groups: bool = True) -> tuple:
         if secret and secret not in seen:
             seen.add(secret)
             keys.append(ApiKey(secret, f"group:{group}" if group else fingerprint(secret)))
-    return tuple(keys)
+    return numbered_twins(keys)
+
+
+def numbered_twins(keys: list) -> tuple:
+    """keys, those that share their last four characters numbered 1, 2, … in order (twin), so
+    that an operator can name each one without more of the key."""
+    tails = Counter(key.secret[-4:] for key in keys)
+    seen = Counter()
+    numbered = []
+    for key in keys:
+        tail = key.secret[-4:]
+        if tails[tail] > 1:
+            seen[tail] += 1
+            key = replace(key, twin=seen[tail])
+        numbered.append(key)
+    return tuple(numbered)
 
 
 def unsendable_keys(name: str, keys: tuple) -> list:

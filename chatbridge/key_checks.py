@@ -58,11 +58,11 @@ class KeyChecker:
             > time.time()
         if outcome["result"] == "ok" and resting:
             self.store.clear_marks(name, (invalid_mark(key),))
-            log.info("%s key %s passed its check and is back in the pool", name, key.suffix)
+            log.info("%s key %s passed its check and is back in the pool", name, key.label)
         elif failure is not None and failure.rests_key:
             pool.note_attempt(key, "*", failure, new_attempt=False)
             log.warning("%s key %s failed its check (%s): %s; it rests for another hour", name,
-                        key.suffix, outcome["result"], outcome["message"])
+                        key.label, outcome["result"], outcome["message"])
         return outcome
 
     def check_all(self) -> list:

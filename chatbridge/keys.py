@@ -197,7 +197,7 @@ class KeyPool:
                 failure.message = self.redactor.public_text(failure.message)
                 self.note_attempt(key, model, failure, new_attempt=not counted)
                 self.observe(key, failure, True)
-                log.warning("%s key %s failed (%s): %s", self.provider.name, key.suffix,
+                log.warning("%s key %s failed (%s): %s", self.provider.name, key.label,
                             failure.kind, failure.message)
                 if not failure.failover:
                     raise self.not_retried(failure) from None
@@ -270,7 +270,7 @@ def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
     invalid = marks.get(invalid_mark(key), 0)
     state = "invalid" if invalid > now else "cooling" if cooling else "ok"
     return {
-        "key": key.suffix,
+        "key": key.label,
         "group": key.group.removeprefix("group:") if key.group.startswith("group:") else None,
         "state": state,
         "reason": rest_reason(state, counters.get("last_error")),

@@ -4,7 +4,9 @@ Keys and tokens reach a log line only through chatbridge.redaction; control char
 message (a client's model name, an upstream's error text) are escaped, so nobody can forge
 log lines. The development server's access log (the `werkzeug` logger) masks `key=` values
 and every configured secret (redact_access_log), since a Google-style client puts its access
-token in the URL.
+token in the URL. The development server logs each request once, as gunicorn does: with
+ChatBridge's own line (DevRequestHandler drops werkzeug's), and werkzeug's other lines (its
+banner, its errors) lose the colour codes it adds for a terminal and their line breaks.
 """
 
 import logging
@@ -13,10 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from werkzeug.serving import WSGIRequestHandler
+
 log = logging.getLogger("chatbridge")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # a `key` query parameter, its name percent-encoded or not, and its value up to the next one
 KEY_PARAMETER = re.compile(r"([?&;](?:k|%6b)(?:e|%65)(?:y|%79)=)([^&;#\s\"]*)", re.I)
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug's colours, e.g. \x1b[1m\x1b[31m
+LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 
 
 class LineFormatter(logging.Formatter):
@@ -68,8 +74,19 @@ class AccessLogFilter(logging.Filter):
 
     def filter(self, record):
         message = KEY_PARAMETER.sub(lambda m: m.group(1) + mask(m.group(2)), record.getMessage())
+        # werkzeug styles its lines for a terminal, and its banner is two lines in one record:
+        # both would reach the log as escaped text (\x1b[31m, \x0a)
+        message = LINE_BREAKS.sub(" ", ANSI_STYLE.sub("", message)).strip()
         record.msg, record.args = self.redactor.redact(message), None
         return True
+
+
+class DevRequestHandler(WSGIRequestHandler):
+    """The development server's request handler (`python app.py`), without werkzeug's access
+    line: ChatBridge logs each request once itself, with its id (chatbridge/web.py)."""
+
+    def log_request(self, code="-", size="-") -> None:
+        pass
 
 
 def mask(value: str) -> str:

@@ -1,7 +1,8 @@
 """Prometheus metrics, made with the official prometheus_client (issue 12's names and labels).
 
 - chatbridge_requests_total{api, provider, outcome}: api is source_a, source_b, ui_stream,
-  openai, gemini, anthropic or responses (the request's shape); outcome ok, client_error,
+  openai, gemini, anthropic or responses (the request's shape), or anthropic_count_tokens
+  (POST /v1/messages/count_tokens, which asks for no message); outcome ok, client_error,
   rate_limited, upstream_error or disconnected.
 - chatbridge_upstream_attempts_total{provider, key, result}: result ok or the failure class
   (chatbridge/usage.py FAILURE_CLASSES); a failure after an attempt's first text is not a
@@ -45,6 +46,9 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.
 ENDPOINT_APIS = {"openai.chat_completions": "openai", "gemini.gemini_native": "gemini",
                  "source.chat": "source_a", "anthropic.messages": "anthropic",
                  "responses.create_response": "responses"}
+# operations that share their API's shape but are no chat: an api of their own, so they swell
+# neither its request counts nor its durations
+OPERATION_APIS = {"anthropic.count_tokens": "anthropic_count_tokens"}
 KEY_STATES = ("ok", "cooling", "invalid")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -55,9 +59,11 @@ def key_label(key) -> str:
 
 
 def api_of(shape: str, endpoint: str | None) -> str | None:
-    """The api label of a request: its shape's, or for a chat request refused before its shape
-    was known, its route's; None for requests that are no chat (uploads, model lists, pages)."""
-    return APIS.get(shape) or ENDPOINT_APIS.get(endpoint or "")
+    """The api label of a request: its operation's (OPERATION_APIS), its shape's, or for a chat
+    request refused before its shape was known, its route's; None for requests that are no
+    chat (uploads, model lists, pages)."""
+    endpoint = endpoint or ""
+    return OPERATION_APIS.get(endpoint) or APIS.get(shape) or ENDPOINT_APIS.get(endpoint)
 
 
 def outcome_of(record: RequestLog, status: int) -> str:

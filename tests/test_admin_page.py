@@ -1,6 +1,6 @@
 """The admin page (/admin) in a real browser: Debian's Chromium driven by Playwright, against the
 app under gunicorn with the fake upstreams and its real admin API. Also draws the admin
-screenshots in docs/screenshots."""
+screenshots (into docs/screenshots with SCREENSHOTS=1)."""
 
 import re
 import time
@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import ADMIN_TOKEN, GEMINI_KEYS, ZJU_KEYS
 from tests.fakes import gemini_429, gemini_error
-from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS
+from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS, docs_screenshots, screenshot_dir
 
 MODEL = "gemini-2.5-flash"
 TOKEN_KEY = "chatbridge.adminToken"
@@ -266,9 +266,10 @@ def test_a_phone_gets_a_card_per_key(signed_in, page, server):
 # ---------------------------------------------------------------- screenshots
 
 
-def test_screenshots(signed_in, page, server, gemini):
-    """Desktop in light mode and a phone in dark mode, for the README."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_screenshots(signed_in, page, server, gemini, tmp_path):
+    """Desktop in light mode and a phone in dark mode, for the README (docs/screenshots, with
+    SCREENSHOTS=1)."""
+    directory, before = screenshot_dir(tmp_path), docs_screenshots()
     only_key(gemini, GEMINI_KEYS[0], gemini_429(retry_delay="50s"))
     for n in range(6):
         chat(server, f"question {n}")
@@ -283,7 +284,8 @@ def test_screenshots(signed_in, page, server, gemini):
         page.emulate_media(color_scheme=scheme)
         page.set_viewport_size(size)
         page.wait_for_timeout(100)  # the charts redraw on the next frame
-        path = SCREENSHOTS / f"admin-{name}-{scheme}.png"
+        path = directory / f"admin-{name}-{scheme}.png"
         page.screenshot(path=path, animations="disabled", caret="hide", full_page=name == "desktop")
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size < SCREENSHOT_LIMIT
         assert page.evaluate("document.documentElement.scrollWidth") <= size["width"]
+    assert directory == SCREENSHOTS or docs_screenshots() == before, "only SCREENSHOTS=1 redraws the README's"

@@ -74,6 +74,25 @@ def test_v1_models_lists_the_exact_aliases_but_not_the_patterns(aliased):
     assert aliased.get("/v1/models/my-echo").json["owned_by"] == "chatbridge"
 
 
+@pytest.mark.parametrize("aliases, setting", [("echo=gemini-2.5-pro", "ALL_GEMINI_API_KEYS"),
+                                               ("e*=zju/qwen3", "ZJU_API_KEY"),
+                                               ("*=gemini-2.5-flash", "ALL_GEMINI_API_KEYS")])
+def test_an_alias_that_sends_echo_to_a_provider_without_keys_stops_the_start(tmp_path, aliases, setting):
+    """echo is on every model list by itself: aliased to a provider without keys it would be
+    listed and answer 404, so the start stops instead, naming the missing setting."""
+    with pytest.raises(ConfigError) as raised:
+        create_app(load_config({"TEMP_DATA_DIR": str(tmp_path), "MODEL_ALIASES": aliases}))
+    message = str(raised.value)
+    assert "MODEL_ALIASES sends 'echo'" in message and f"{setting} is not set" in message
+
+
+def test_echo_aliased_to_a_keyed_provider_is_listed_and_answered_there(make_app, gemini):
+    client = make_app(MODEL_ALIASES="echo=gemini-2.5-flash").test_client()
+    assert "echo" in [m["id"] for m in client.get("/v1/models").json["data"]]
+    answer = client.post("/v1/chat/completions", json={"model": "echo", "messages": HI})
+    assert answer.json["choices"][0]["message"]["content"] == "You said: hello"
+
+
 def test_keyless_lists_only_what_answers(keyless):
     assert [m["id"] for m in keyless.get("/v1/models").json["data"]] == ["echo", "e"]
     google = keyless.get("/v1beta/models").json["models"]

@@ -451,6 +451,14 @@ BAD_BODIES = [  # fields over a valid request, status, error type, words in the 
     ({"tools": [{"name": "x"}]}, 400, "invalid_request_error", "input_schema"),
     ({"tool_choice": {"type": "tool"}, "tools": [WEATHER_TOOL]}, 400, "invalid_request_error",
      "tool_choice"),
+    ({"tool_choice": "auto", "tools": [WEATHER_TOOL]}, 400, "invalid_request_error", "must be an object"),
+    ({"tool_choice": "auto"}, 400, "invalid_request_error", "must be an object"),
+    ({"tool_choice": {"type": "tool", "name": "get_time"}, "tools": [WEATHER_TOOL]}, 400,
+     "invalid_request_error", "'tool_choice.name' must name one of 'tools'"),
+    ({"tool_choice": {"type": "sometimes"}, "tools": [WEATHER_TOOL]}, 400, "invalid_request_error",
+     "tool_choice"),
+    *[({"max_tokens": value}, 400, "invalid_request_error", "'max_tokens' must be a positive integer")
+      for value in (1e30, 1.5, 1.0, 0, -3, True, "100")],
     ({"thinking": {"type": "sometimes"}}, 400, "invalid_request_error", "thinking"),
     ({"messages": [{"role": "user", "content": "x" * 50}]}, 413, "request_too_large",
      "MAX_TEXT_CHARS"),
@@ -574,3 +582,14 @@ def test_messages_bodies(client, fine, body, path):
     response = sent(client, path, body)
     assert_no_500(response)
     anthropic_error(response)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_a_max_tokens_written_as_a_float_is_refused_not_rounded(client, path):
+    """max_tokens must be an integer of at least 1: 1e30 in the JSON is a float (a large integer
+    is lowered to what the model allows instead)."""
+    body = b'{"model": "echo", "max_tokens": 1e30, "messages": [{"role": "user", "content": "hi"}]}'
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"] == {"type": "invalid_request_error",
+                                      "message": "'max_tokens' must be a positive integer"}

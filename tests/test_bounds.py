@@ -24,6 +24,7 @@ SETTINGS = {"MAX_TURNS": 2000, "MAX_PARTS": 500, "MAX_TOOLS": 128, "MAX_TEXT_CHA
 SMALL = {"MAX_TURNS": 3, "MAX_PARTS": 3, "MAX_TOOLS": 3, "MAX_TEXT_CHARS": 100,
          "MAX_JSON_VALUES": 60, "MAX_JSON_DEPTH": 8}
 A, B, UI, V1 = ("/api/chat", "A"), ("/api/chat", "B"), ("/api/chat", "ui"), ("/v1/chat/completions", "v1")
+MESSAGES, GEMINI = ("/v1/messages", "anthropic"), ("/v1beta/models/echo:generateContent", "gemini")
 HI = {"role": "user", "content": "hi"}
 
 
@@ -36,7 +37,9 @@ def base_body(shape: str) -> dict:
     return {"A": {"message": "hi", "model": "echo"},
             "B": {"user_content": "hi", "model": "echo"},
             "ui": {"messages": [ui_message("hi")], "model": "echo"},
-            "v1": {"messages": [HI], "model": "echo"}}[shape]
+            "v1": {"messages": [HI], "model": "echo"},
+            "anthropic": {"messages": [HI], "model": "echo", "max_tokens": 10},
+            "gemini": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}}[shape]
 
 
 def json_values(value) -> int:
@@ -124,6 +127,12 @@ CASES = [
     Case("MAX_PARTS", V1, lambda shape, n: {**base_body(shape), "messages": [
         HI, {"role": "assistant", "content": None, "tool_calls": tool_calls(n)}, HI]},
         "'messages[1].tool_calls' has {n} tool calls; at most {limit} (MAX_PARTS)"),
+    # system text is capped by MAX_TEXT_CHARS, and the number of its blocks like a message's
+    Case("MAX_PARTS", MESSAGES, lambda shape, n: {**base_body(shape), "system": [
+        {"type": "text", "text": "Be brief."}] * n}, "'system' has {n} blocks; at most {limit} (MAX_PARTS)"),
+    Case("MAX_PARTS", GEMINI, lambda shape, n: {**base_body(shape), "systemInstruction": {
+        "parts": [{"text": "Be brief."}] * n}},
+        "'systemInstruction.parts' has {n} parts; at most {limit} (MAX_PARTS)"),
     Case("MAX_TOOLS", V1, lambda shape, n: {**base_body(shape), "tools": [
         {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}}
         for i in range(n)]}, "'tools' has {n} tools; at most {limit} (MAX_TOOLS)"),
@@ -150,6 +159,9 @@ def post(client, path: str, body) -> tuple:
     if response.status_code == 200:
         return 200, None, text
     error = response.json["error"]
+    if path.startswith("/v1beta"):
+        assert error["status"] == "INVALID_ARGUMENT"  # Google's shape
+        return response.status_code, error["message"], response.json
     if path.startswith("/v1"):
         assert error["type"] == "invalid_request_error"
         return response.status_code, error["message"], response.json
@@ -364,5 +376,9 @@ def test_the_gemini_pass_through_is_bounded_too(make_app, gemini):
     response = client.post("/v1beta/models/gemini-2.5-flash:generateContent",
                            json={"contents": [{"parts": parts}]})
     assert response.status_code == 413
+    # Google's own answer to a body over its limit says INVALID_ARGUMENT (google.rpc.Code
+    # has no mapping for 413; FAILED_PRECONDITION is about the system's state)
+    assert response.json["error"]["status"] == "INVALID_ARGUMENT"
+    assert response.json["error"]["code"] == 413
     assert "MAX_JSON_VALUES" in response.json["error"]["message"]
     assert gemini.requests == []

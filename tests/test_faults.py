@@ -817,11 +817,23 @@ def test_gunicorn_stops_at_start_naming_the_key_by_position(
     assert_key_unshown(output, secret)
 
 
+def test_gunicorn_stops_at_start_when_an_alias_sends_echo_to_a_provider_without_keys(tmp_path):
+    status, output = run_until_exit(GUNICORN, {"MODEL_ALIASES": "echo=gemini-2.5-pro"}, tmp_path / "data")
+    assert status != 0
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-1] == ("ChatBridge cannot start: invalid settings: MODEL_ALIASES sends 'echo', which "
+                         "ChatBridge answers itself, to 'gemini-2.5-pro' (by echo=gemini-2.5-pro), but "
+                         "ALL_GEMINI_API_KEYS is not set: set it, or drop the alias"), output
+    assert "Traceback" not in output and "Booting worker" not in output
+
+
 @pytest.mark.parametrize("env, secret, message", [
     ({"ALL_GEMINI_API_KEYS": f"{K0},AIzaFakeGemini KeyNumber2bbbb"}, "AIzaFakeGemini KeyNumber2bbbb",
      f"ChatBridge cannot start: invalid settings: ALL_GEMINI_API_KEYS: key 2 {HEADER_PROBLEM}"),
     ({"PORT": "0"}, None, "ChatBridge cannot start: invalid settings: PORT must be"),
-], ids=["a space in a key", "port 0"])
+    ({"MODEL_ALIASES": "echo=gemini-2.5-pro"}, None,
+     "ChatBridge cannot start: invalid settings: MODEL_ALIASES sends 'echo'"),
+], ids=["a space in a key", "port 0", "echo aliased to a provider without keys"])
 def test_python_app_py_with_a_bad_setting_says_why_without_a_traceback(tmp_path, env, secret, message):
     status, output = run_until_exit([sys.executable, "app.py"], env, tmp_path / "data")
     assert status == 1

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -303,10 +304,37 @@ def test_the_access_log_never_prints_a_token(dev_server):
     for url in (f"/v1beta/models?key={TOKEN}", f"/v1/models?alt=sse&key={TOKEN}",
                 f"/healthz?%6Bey={TOKEN}", f"/v1/models?key={other_token}"):
         requests.get(base + url, timeout=TIMEOUT)
-    output = server.wait_for("/v1/models?key=")
+    # werkzeug's own error line quotes the whole request line, query and all
+    raw_request(server.port, f"GET /x?key={TOKEN} extra HTTP/1.1\r\n\r\n".encode())
+    output = server.wait_for("Bad request syntax")
     output = server.stop()
     assert TOKEN not in output and other_token not in output
     assert TOKEN[-4:] in output and "key=…" in output
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send bytes as they are (no HTTP client sends a malformed request line) and read the
+    answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        return sock.recv(65536)
+
+
+def test_the_dev_server_logs_each_request_once_without_colour_codes(dev_server):
+    """werkzeug's access line repeated ChatBridge's own, and its colours and banner reached the
+    log as escaped text (\\x1b[31m, \\x0a)."""
+    server = dev_server()
+    server.wait_for("Running on")
+    base = f"http://127.0.0.1:{server.port}"
+    requests.get(base + "/no-such-page", timeout=TIMEOUT)
+    requests.post(base + "/api/chat", json={"message": "hi", "model": "echo"}, timeout=TIMEOUT).close()
+    server.wait_for("POST /api/chat 200")
+    output = server.stop()
+    lines = output.splitlines()
+    assert [sum(path in line for line in lines) for path in ("/no-such-page", "/api/chat")] == [1, 1], output
+    assert "GET /no-such-page 404 shape=-" in output
+    assert "\\x1b" not in output and "\x1b" not in output and "\\x0a" not in output, output
+    assert "development server" in output and f"Running on http://127.0.0.1:{server.port}" in output
 
 
 @pytest.mark.parametrize(("line", "expected"), [

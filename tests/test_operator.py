@@ -357,6 +357,24 @@ def test_metrics_in_one_process_count_the_test_clients_requests(make_app, gemini
     assert value(found, total, api="source_b", outcome="client_error") == 1
 
 
+def test_count_tokens_requests_are_counted_apart_from_messages(make_app):
+    """count_tokens shares the Messages shape but asks for no message: api anthropic_count_tokens."""
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    body = {"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    for path, json_body, status in (("/v1/messages", body, 200), ("/v1/messages/count_tokens", body, 200),
+                                     ("/v1/messages/count_tokens", body, 200),
+                                     ("/v1/messages/count_tokens", {"messages": []}, 400)):
+        with client.post(path, json=json_body) as reply:
+            assert reply.status_code == status
+    found = samples(client.get("/metrics", headers=ADMIN).text)
+    total = "chatbridge_requests_total"
+    assert value(found, total, api="anthropic", provider="echo", outcome="ok") == 1
+    assert value(found, total, api="anthropic_count_tokens", provider="echo", outcome="ok") == 2
+    assert value(found, total, api="anthropic_count_tokens", outcome="client_error") == 1
+    assert value(found, "chatbridge_request_duration_seconds_count", api="anthropic") == 1
+    assert value(found, "chatbridge_request_duration_seconds_count", api="anthropic_count_tokens") == 3
+
+
 def test_a_stream_that_ends_for_want_of_keys_counts_as_rate_limited(make_app, gemini):
     client = make_app(ADMIN_TOKEN=ADMIN_TOKEN, KEY_WAIT_SECONDS="0").test_client()
     gemini.script = lambda recorded: gemini_429("600s")
@@ -405,3 +423,27 @@ def test_the_keys_check_command_without_keys_or_with_bad_settings(tmp_path):
     assert result.returncode == 1 and "no keys configured" in result.stderr
     result = run_check({"KEY_CHECK_MINUTES": "-1", "ALL_GEMINI_API_KEYS": "k" * 20}, tmp_path)
     assert result.returncode == 2 and "KEY_CHECK_MINUTES" in result.stderr
+
+
+TWIN = "AIzaSyQ1w2E3r4T5y6U7i8O9p0AsDfGhJkaaaa"  # ends as GEMINI_KEYS[0] does
+
+
+def test_keys_that_share_their_last_four_characters_are_named_by_position(make_app, gemini):
+    """Two keys ending in the same four characters: each has its own name (…aaaa-1, …aaaa-2),
+    and reset and check act on the key named, never on the first that ends so."""
+    keys = [GEMINI_KEYS[0], TWIN, GEMINI_KEYS[1]]
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN, ALL_GEMINI_API_KEYS=",".join(keys)).test_client()
+    names = [e["key"] for e in client.get("/api/keys", headers=ADMIN).json["providers"]["gemini"]]
+    assert names == ["…aaaa-1", "…aaaa-2", f"…{GEMINI_KEYS[1][-4:]}"]
+    gemini.valid_keys = {GEMINI_KEYS[0], GEMINI_KEYS[1]}
+    reply = client.post("/api/keys/gemini/aaaa-2/check", headers=ADMIN)
+    assert reply.json["key"]["key"] == "…aaaa-2" and reply.json["check"]["result"] == "invalid"
+    assert [r.key for r in gemini.requests] == [TWIN]
+    states = {e["key"]: e["state"] for e in client.get("/api/keys", headers=ADMIN).json["providers"]["gemini"]}
+    assert (states["…aaaa-1"], states["…aaaa-2"]) == ("ok", "invalid")
+    reply = client.post("/api/keys/gemini/…aaaa-2/reset", headers=ADMIN)
+    assert reply.json["key"]["key"] == "…aaaa-2" and reply.json["key"]["state"] == "ok"
+    ambiguous = client.post("/api/keys/gemini/aaaa/reset", headers=ADMIN)
+    assert ambiguous.status_code == 400
+    assert ambiguous.json == {"error": "2 'gemini' keys end in 'aaaa': name one as aaaa-1 or aaaa-2"}
+    assert TWIN not in str(ambiguous.json) and TWIN[:-4] not in client.get("/api/keys", headers=ADMIN).text

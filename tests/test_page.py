@@ -1,5 +1,6 @@
 """The chat page in a real browser: Debian's Chromium driven by Playwright, against the app under
-gunicorn with the fake upstreams. Also (re)draws the screenshots in docs/screenshots."""
+gunicorn with the fake upstreams. Also takes the screenshots, into docs/screenshots with
+SCREENSHOTS=1."""
 
 import base64
 import json
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS
+from tests.browser import DESKTOP, PHONE, SCREENSHOT_LIMIT, SCREENSHOTS, docs_screenshots, screenshot_dir
 from tests.conftest import TOKEN
 from tests.fakes import Reply, gemini_error, gemini_events, gemini_midstream_error, gemini_sse, gemini_stream
 
@@ -413,9 +414,9 @@ def seed_chats(page):
     page.evaluate("chats => localStorage.setItem('chatbridge.chats', JSON.stringify(chats))", chats)
 
 
-def test_screenshots(page, server, gemini):
-    """Light and dark, desktop and phone: written to docs/screenshots for the README."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_screenshots(page, server, gemini, tmp_path):
+    """Light and dark, desktop and phone, for the README (docs/screenshots, with SCREENSHOTS=1)."""
+    directory, before = screenshot_dir(tmp_path), docs_screenshots()
     gemini.script = answering(gemini_stream(ANSWER, thoughts=["The user asks in Persian about Python files."]))
     open_page(page, server)
     seed_chats(page)
@@ -427,7 +428,8 @@ def test_screenshots(page, server, gemini):
         page.emulate_media(color_scheme=scheme)
         for name, size in (("desktop", DESKTOP), ("phone", PHONE)):
             page.set_viewport_size(size)
-            path = SCREENSHOTS / f"chat-{name}-{scheme}.png"
+            path = directory / f"chat-{name}-{scheme}.png"
             page.screenshot(path=path, animations="disabled", caret="hide")
             assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size < SCREENSHOT_LIMIT
     assert json.loads(page.evaluate("localStorage.getItem('chatbridge.chats')"))[0]["title"].startswith("سلام")
+    assert directory == SCREENSHOTS or docs_screenshots() == before, "only SCREENSHOTS=1 redraws the README's"

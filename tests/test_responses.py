@@ -386,6 +386,7 @@ BAD = [
     ({"input": "hi", "model": "echo", "previous_response_id": "resp_doesnotexist"}, 400, "not found"),
     ({"input": [{"role": "user", "content": "x"}] * 3}, 400, "MAX_TURNS"),
     ({"input": "hi", "tools": [WEATHER] * 3}, 400, "MAX_TOOLS"),
+    ({"input": "hi", "tools": [WEATHER, WEATHER]}, 400, "second tool named 'get_weather'"),
 ]
 
 
@@ -397,6 +398,45 @@ def test_bad_requests_get_openais_error_shape(make_app, body, status, words):
     error = response.json["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and words in error["message"]
+
+
+NAMESPACED = [{"type": "namespace", "name": space, "description": f"{space} tools.", "tools": [WEATHER]}
+              for space in ("weather", "maps")]
+BAD_CHOICES = [
+    (5, [WEATHER], "'tool_choice'"),
+    ("weird", [WEATHER], "'weird'"),
+    ("weird", None, "'weird'"),
+    ({"type": "weird"}, [WEATHER], "'tool_choice'"),
+    ({"type": "function"}, [WEATHER], "must have a name"),
+    ({"type": "function", "name": "get_time"}, [WEATHER], "names no function tool"),
+    ({"type": "function", "name": "get_weather"}, None, "names no function tool"),
+    ({"type": "custom", "name": "get_weather"}, [WEATHER], "names no custom tool"),
+    ({"type": "function", "name": "get_weather"}, NAMESPACED, "several namespaces"),
+    ({"type": "allowed_tools", "mode": "sometimes", "tools": []}, [WEATHER], "allowed_tools"),
+    ({"type": "mcp"}, [WEATHER], "server_label"),
+]
+
+
+@pytest.mark.parametrize("choice, tools, words", BAD_CHOICES)
+def test_a_tool_choice_outside_the_references_forms_is_a_400(make_app, choice, tools, words):
+    http = make_app().test_client()
+    response = http.post("/v1/responses", json={"model": "echo", "input": "hi", "tool_choice": choice,
+                                                **({"tools": tools} if tools else {})})
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["param"] == "tool_choice" and words in error["message"]
+
+
+@pytest.mark.parametrize("choice", ["none", "auto", "required", {"type": "function", "name": "get_weather"},
+                                    {"type": "custom", "name": "apply_patch"}, {"type": "web_search_preview"},
+                                    {"type": "mcp", "server_label": "deepwiki"}, {"type": "apply_patch"},
+                                    {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function",
+                                                                                       "name": "get_weather"}]}])
+def test_every_documented_tool_choice_form_is_taken(make_app, choice):
+    http = make_app().test_client()
+    response = http.post("/v1/responses", json={"model": "echo", "input": "hi", "tool_choice": choice,
+                                                "tools": [WEATHER, APPLY_PATCH]})
+    assert response.status_code == 200, response.json
 
 
 def test_unknown_fields_and_items_are_ignored(make_app):
@@ -462,3 +502,28 @@ def test_a_namespace_tools_function_comes_back_with_its_namespace(server, openai
     [call] = items(response, "function_call")
     assert (call.name, call.namespace, call.call_id) == ("get_weather", "weather", "call_ns")
     assert [t["function"]["name"] for t in posted(openai)[0].json["tools"]] == ["get_weather"]
+
+
+def test_one_function_name_in_two_namespaces_is_qualified_by_its_namespace(server, openai):
+    """OpenAI's reference: a call names its namespace, so two namespaces may share a name."""
+    openai.script = lambda r: openai_tool_call_stream("maps__get_weather", [json.dumps(ARGS)], "call_two")
+    first, _ = respond(server, True, model="deepseek-v3-671b", input="Paris?", tools=NAMESPACED,
+                       tool_choice={"type": "function", "name": "maps__get_weather"})
+    [call] = items(first, "function_call")
+    assert (call.name, call.namespace) == ("get_weather", "maps")
+    sent = posted(openai)[0].json
+    assert [t["function"]["name"] for t in sent["tools"]] == ["weather__get_weather", "maps__get_weather"]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "maps__get_weather"}}
+    openai.script = None
+    result = {"type": "function_call_output", "call_id": "call_two", "output": '{"temp": 21}'}
+    respond(server, False, model="deepseek-v3-671b", input=[result], tools=NAMESPACED,
+            previous_response_id=first.id)
+    [called] = posted(openai)[-1].json["messages"][1]["tool_calls"]
+    assert called["function"]["name"] == "maps__get_weather"
+    replayed = [{"role": "user", "content": "Paris?"},
+                {"type": "function_call", "call_id": "call_one", "name": "get_weather", "namespace": "weather",
+                 "arguments": json.dumps(ARGS)},
+                {"type": "function_call_output", "call_id": "call_one", "output": '{"temp": 21}'}]
+    respond(server, False, model="deepseek-v3-671b", input=replayed, tools=NAMESPACED)
+    [called] = posted(openai)[-1].json["messages"][1]["tool_calls"]
+    assert called["function"]["name"] == "weather__get_weather"

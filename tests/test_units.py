@@ -103,6 +103,12 @@ def test_keys_are_trimmed_deduplicated_and_grouped():
     assert "c3" not in repr(keys) and keys[2].suffix == "…c3"
 
 
+def test_keys_sharing_their_last_four_characters_are_numbered_in_order():
+    keys = config.parse_keys("first-wxyz, other-1234, second-wxyz, third-wxyz")
+    assert [k.label for k in keys] == ["…wxyz-1", "…1234", "…wxyz-2", "…wxyz-3"]
+    assert {k.suffix for k in keys if k.twin} == {"…wxyz"}  # what logs may show of the key
+
+
 def test_config_defaults_and_default_model_choice():
     assert config.load_config({}).default_model == "echo"
     assert config.load_config({"ZJU_API_KEY": "sk-1"}).default_model == "deepseek-r1-671b"

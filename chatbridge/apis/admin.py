@@ -1,6 +1,7 @@
 """The operator's routes, behind ADMIN_TOKEN (404 while it is unset, 401 without it): GET
-/api/keys (each key's state, why it rests, its usage and last check, with only its last four
-characters), POST /api/keys/<provider>/<suffix>/reset and .../check, and GET /metrics
+/api/keys (each key's state, why it rests, its usage and last check, named by its last four
+characters and, when keys share them, its position: `…abcd-2`), POST
+/api/keys/<provider>/<suffix>/reset and .../check, and GET /metrics
 (Prometheus, chatbridge/metrics.py). Errors are in the sources' shape, {"error": "<what is
 wrong>"}."""
 
@@ -9,7 +10,7 @@ import time
 from flask import Blueprint, Response, jsonify
 
 from ..auth import bearer_token, matches
-from ..errors import NotFound, Unauthorized
+from ..errors import ClientError, NotFound, Unauthorized
 from ..keys import KeyPool, invalid_mark, key_status, quota_mark
 from ..logs import log
 from ..metrics import CONTENT_TYPE
@@ -33,7 +34,7 @@ def reset_key(provider: str, suffix: str):
     pool, key = find_key(provider, suffix)
     current_service().store.clear_marks(pool.provider.name, (invalid_mark(key),
                                                               quota_mark(key, "")))
-    log.info("%s key %s: its rest was ended by hand", pool.provider.name, key.suffix)
+    log.info("%s key %s: its rest was ended by hand", pool.provider.name, key.label)
     return jsonify(key=key_entries(pool, key)[0])
 
 
@@ -53,13 +54,20 @@ def metrics():
 
 
 def find_key(provider: str, suffix: str) -> tuple:
-    """(pool, key) for a provider's name and a key's last four characters; else 404."""
+    """(pool, key) for a provider's name and a key's label (its last four characters, and
+    `-2` … when keys share them: ApiKey.label), `…` optional; else 404 (400 for last four
+    characters that several keys share, naming their labels)."""
     pool = current_service().pools.get(provider)
-    suffix = suffix.removeprefix("…")
-    key = next((k for k in pool.keys if k.secret[-4:] == suffix), None) if pool else None
+    if pool is None:
+        raise NotFound(f"no provider {provider!r} with keys")
+    name = suffix.removeprefix("…")
+    key = next((k for k in pool.keys if k.label.removeprefix("…") == name), None)
     if key is None:
-        raise NotFound(f"no {provider!r} key ends in {suffix!r}" if pool else
-                       f"no provider {provider!r} with keys")
+        twins = [k.label.removeprefix("…") for k in pool.keys if k.twin and k.secret[-4:] == name]
+        if twins:
+            raise ClientError(f"{len(twins)} {provider!r} keys end in {name!r}: name one as "
+                              + " or ".join(twins))
+        raise NotFound(f"no {provider!r} key ends in {name!r}")
     return pool, key
 
 

@@ -39,17 +39,18 @@ IGNORED_BLOCKS = {"redacted_thinking", "server_tool_use", "web_search_tool_resul
 def parse_request(body: dict, config: Config, registry, counting: bool = False) -> ChatRequest:
     """Validate a Messages (or count_tokens) request into a ChatRequest (400 naming the field)."""
     system, turns = parse_messages(body.get("messages"), config)
-    system = "\n\n".join(filter(None, [system_text(body.get("system")), system])) or None
+    system = "\n\n".join(filter(None, [system_text(body.get("system"), config), system])) or None
     check_text(system, turns, config)
     provider, model = model_field(body, registry)
     registry.check_files(provider, turns)
-    max_tokens = None if counting else positive_field(body, "max_tokens")
+    max_tokens = positive_field(body, "max_tokens")  # an integer: 1e30 is a 400, never rounded
     if not counting and max_tokens is None:
         raise ClientError("'max_tokens' is required: a positive integer")
     stop = optional(body, "stop_sequences", list, lambda v: all(isinstance(s, str) for s in v),
                     "a list of strings")
     tools = parse_tools(body.get("tools"), config)
-    choice = parse_tool_choice(body.get("tool_choice")) if tools else None
+    choice = parse_tool_choice(body.get("tool_choice"), tools, body.get("tools") or [])
+    max_tokens = None if counting else max_tokens
     thinking, budget = parse_thinking(body.get("thinking"))
     settings = {"max_tokens": max_tokens, "stop": stop or None,
                 "temperature": optional(body, "temperature", (int, float), lambda v: 0 <= v <= 1,
@@ -71,10 +72,12 @@ def openai_fields(settings: dict, tools: list | None, choice: tuple | None) -> d
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def system_text(raw: Any) -> str:
-    """The `system` field: a string or text blocks (cache_control ignored)."""
+def system_text(raw: Any, config: Config) -> str:
+    """The `system` field: a string or at most MAX_PARTS text blocks (cache_control ignored)."""
     if raw is None or isinstance(raw, str):
         return raw or ""
+    if isinstance(raw, list):
+        bounded(raw, "system", "blocks", config.max_parts, "MAX_PARTS")
     if not isinstance(raw, list) or not all(isinstance(b, dict) and b.get("type") == "text"
                                             and isinstance(b.get("text"), str) for b in raw):
         raise ClientError("'system' must be a string or a list of {type: text, text} blocks")
@@ -266,17 +269,25 @@ def parse_tools(raw: Any, config: Config) -> list | None:
     return tools or None
 
 
-def parse_tool_choice(raw: Any) -> tuple | None:
-    """tool_choice as (Chat Completions' tool_choice, whether parallel calls are off)."""
+def parse_tool_choice(raw: Any, tools: list | None, offered: list) -> tuple | None:
+    """tool_choice as (Chat Completions' tool_choice, whether parallel calls are off); None
+    without tools the upstream runs. An object of type auto, any, none or tool, whose `name`
+    must name one of `tools` (offered, as sent); a server tool's is auto, since it is left
+    out. Else a 400."""
     if raw is None:
         return None
     kind = raw.get("type") if isinstance(raw, dict) else None
-    named = isinstance(raw, dict) and isinstance(raw.get("name"), str)
-    if kind not in ("auto", "any", "none", "tool") or (kind == "tool" and not named):
-        raise ClientError("'tool_choice' must be {type: auto}, {type: any}, {type: none} or "
-                          "{type: tool, name}")
-    choice = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {
-        "type": "function", "function": {"name": raw.get("name")}}
+    if kind not in ("auto", "any", "none", "tool"):
+        raise ClientError("'tool_choice' must be an object: {type: auto}, {type: any}, "
+                          "{type: none} or {type: tool, name}")
+    name = raw.get("name")
+    if kind == "tool" and name not in [t.get("name") for t in offered if isinstance(t, dict)]:
+        raise ClientError(f"'tool_choice.name' must name one of 'tools', not {name!r}")
+    if not tools:
+        return None
+    functions = [tool["function"]["name"] for tool in tools]
+    choice = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or (
+        {"type": "function", "function": {"name": name}} if name in functions else "auto")
     return choice, raw.get("disable_parallel_tool_use") is True
 
 

@@ -50,6 +50,9 @@ bp = Blueprint("gemini", __name__)
 NEUTRAL_ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 MODEL_DESCRIPTIONS = {"echo": "ChatBridge's built-in echo model: answers with your last message",
                       "zju": "served by ChatBridge's OpenAI-compatible upstream"}
+# google.rpc.Code by HTTP status. 413 has no gRPC mapping: Gemini answers a body over its own
+# limit with 400 INVALID_ARGUMENT ("Request payload size exceeds the limit: ... bytes."), and
+# FAILED_PRECONDITION is for the system's state, not the request's size.
 GOOGLE_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                    404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
                    415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",

@@ -149,12 +149,13 @@ def tool_result(response: Any, where: str, pending: list) -> Turn:
 
 
 def parse_system(raw: Any, config: Config) -> str | None:
-    """systemInstruction: a Content's text parts, or a string."""
+    """systemInstruction: a Content's text parts (at most MAX_PARTS), or a string."""
     if raw is None or isinstance(raw, str):
         return raw or None
     parts = get(raw, "parts")
     if not isinstance(parts, list):
         raise ClientError("'systemInstruction' must be a content with text parts")
+    bounded(parts, "systemInstruction.parts", "parts", config.max_parts, "MAX_PARTS")
     return "\n".join(get(p, "text") for p in parts if isinstance(get(p, "text"), str)) or None
 
 

@@ -25,7 +25,15 @@ AGENT_SCHEMAS.update({
         "tools": {"type": "array", "items": {"type": "object"},
                   "description": "function and custom tools (a namespace's too); hosted tools "
                                  "such as web_search are left out"},
-        "tool_choice": {}, "parallel_tool_calls": {"type": "boolean"},
+        "tool_choice": {
+            "description": "none, auto, required, or an object of OpenAI's forms: {type: "
+                           "function or custom, name} naming one of tools (a namespace's "
+                           "function by its name, or as namespace__name when two namespaces "
+                           "share it), {type: allowed_tools, mode, tools}, {type: mcp, "
+                           "server_label} or a hosted tool's {type}; else a 400",
+            "anyOf": [{"enum": ["none", "auto", "required"]},
+                      obj({"type": {"type": "string"}, "name": {"type": "string"}}, ("type",))]},
+        "parallel_tool_calls": {"type": "boolean"},
         "temperature": TEMPERATURE, "top_p": {"type": "number", "minimum": 0, "maximum": 1},
         "max_output_tokens": POSITIVE,
         "text": obj({"format": {"type": "object"}}),
@@ -95,13 +103,16 @@ ANTHROPIC_FIELDS = {
                               {"type": "array", "items": ANTHROPIC_BLOCK,
                                "description": "At most MAX_PARTS"}]},
     }, ("role", "content"))},
-    "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": obj(
-        {"type": {"const": "text"}, "text": {"type": "string"}}, ("type", "text"))}]},
+    "system": {"oneOf": [{"type": "string"}, {"type": "array", "description": "At most MAX_PARTS",
+                                               "items": obj({"type": {"const": "text"},
+                                                             "text": {"type": "string"}},
+                                                            ("type", "text"))}]},
     "tools": {"type": "array", "description": "At most MAX_TOOLS; server tools are left out",
               "items": obj({"name": {"type": "string"}, "description": {"type": "string"},
                             "input_schema": {"type": "object"}}, ("name",))},
     "tool_choice": obj({"type": {"enum": ["auto", "any", "tool", "none"]},
-                        "name": {"type": "string"}}, ("type",)),
+                        "name": {"type": "string", "description": "For type tool: one of tools"}},
+                       ("type",)),
     "thinking": obj({"type": {"enum": ["enabled", "disabled", "adaptive"]},
                      "budget_tokens": POSITIVE}, ("type",)),
 }

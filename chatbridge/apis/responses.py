@@ -60,7 +60,7 @@ class ParsedRequest:
     chat: ChatRequest
     echo: dict  # the request's settings, as the response object repeats them
     custom: tuple  # the names of custom tools
-    namespaces: dict  # function name -> the namespace tool it came in
+    namespaces: dict  # upstream function name -> (namespace, name) of a namespace tool's
     signatures: bool  # include has reasoning.encrypted_content
     store: bool
 
@@ -120,7 +120,8 @@ def answer_turn(output: Output) -> Turn | None:
             reasoning += [part["text"] for part in item["summary"]]
         elif item["type"] in ("function_call", "custom_tool_call"):
             arguments = item.get("arguments") or json_input(item.get("input", ""))
-            calls.append({"id": item["call_id"], "name": item["name"], "arguments": arguments,
+            calls.append({"id": item["call_id"], "name": output.upstream_name(item),
+                          "arguments": arguments,
                           "signature": output.signatures.get(item["call_id"])})
     if not "".join(texts).strip() and not calls:
         return None
@@ -159,7 +160,9 @@ def parse_request(body: dict, config: Config, registry, stored: StoredResponses,
     previous = optional(body, "previous_response_id", str, hint="a response id")
     earlier = stored.turns_before(previous, owner) if previous else []
     cached_upload = partial(stored.conversations.cached_upload, owner=owner)
-    system, turns = InputReader(config, cached_upload, known_calls(earlier)).read(body.get("input"))
+    tools, custom, namespaces = parse_tools(body.get("tools"), config)
+    system, turns = InputReader(config, cached_upload, known_calls(earlier),
+                                namespaces).read(body.get("input"))
     instructions = optional(body, "instructions", str, hint="a string")
     system = "\n\n".join(s for s in (instructions, system) if s) or None
     turns = bounded(earlier + turns, "input", "turns with the previous response's",
@@ -168,14 +171,14 @@ def parse_request(body: dict, config: Config, registry, stored: StoredResponses,
         raise ClientError("'input' needs at least one user message")
     check_text(system, turns, config)
     registry.check_files(provider, turns)
-    tools, custom, namespaces = parse_tools(body.get("tools"), config)
     chat = ChatRequest(
         shape="responses", provider=provider, model=model, turns=turns, system=system,
         temperature=temperature_field(body), max_tokens=positive_field(body, "max_output_tokens"),
         stream=stream_field(body),
         top_p=optional(body, "top_p", (int, float), lambda v: 0 <= v <= 1, "a number from 0 to 1"),
         response_format=parse_text_format(body.get("text")), tools=tools,
-        tool_choice=parse_tool_choice(body.get("tool_choice"), tools), include_usage=True,
+        tool_choice=parse_tool_choice(body.get("tool_choice"), tools, custom, namespaces),
+        include_usage=True,
         thinking=thinking_of(body), empty_answers=True)
     chat.passthrough = chat_completions_fields(chat, body)
     include = optional(body, "include", list, lambda v: all(isinstance(i, str) for i in v),

@@ -17,13 +17,18 @@ reasoning). Rules:
   are refused (400), since ChatBridge fetches nothing on a client's behalf.
 - `tools`: `function` tools; `custom` tools (Codex's apply_patch) become a function with one
   string parameter `input`, their grammar in its description; the tools of a `namespace` tool
-  are offered by their own names; hosted tools (web_search, file_search, ...) are left out
-  and logged, never refused, since agents send them whatever the model.
+  are offered by their own names, qualified by the namespace (`crm__get`) when another tool
+  has the same name (a call names its namespace too); two tools of one name in one scope are
+  a 400; hosted tools (web_search, file_search, ...) are left out and logged, never refused,
+  since agents send them whatever the model.
+- `tool_choice` is one of the reference's forms or a 400 (param `tool_choice`); a function or
+  custom tool it names must be among `tools`.
 - Every list is measured against its limit (MAX_TURNS, MAX_PARTS, MAX_TOOLS) before
   anything is built from it; each problem is a 400 naming the field.
 """
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,14 +44,22 @@ TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_te
 CALL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool, as the upstream sees it
 TOOL_FILES = "(The files the tool calls above returned.)"
+# tool_choice's forms for OpenAI's hosted tools (its reference's ToolChoiceTypes, apply_patch
+# and shell)
+HOSTED_CHOICES = ("file_search", "web_search_preview", "web_search_preview_2025_03_11", "computer",
+                  "computer_use", "computer_use_preview", "image_generation", "code_interpreter",
+                  "apply_patch", "shell")
 
 
 class InputReader:
     """Turns and system text from `input` items (rules above). known_calls: call_id -> name
-    of the calls in the turns before (a previous response's)."""
+    of the calls in the turns before (a previous response's); namespaces: upstream name ->
+    (namespace, name) of the functions of namespace tools (parse_tools)."""
 
-    def __init__(self, config: Config, cached_upload: Callable, known_calls: dict):
+    def __init__(self, config: Config, cached_upload: Callable, known_calls: dict,
+                 namespaces: dict | None = None):
         self.config, self.cached_upload = config, cached_upload
+        self.upstream_names = {pair: name for name, pair in (namespaces or {}).items()}
         self.call_names = dict(known_calls)
         self.system, self.turns, self.skipped = [], [], set()
         self.pending = {"text": [], "calls": [], "reasoning": []}  # the assistant's turn
@@ -105,6 +118,7 @@ class InputReader:
         call_id, name = item.get("call_id"), item.get("name")
         if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
             raise ClientError(f"'{where}' must have a call_id and a name")
+        name = self.upstream_names.get((item.get("namespace"), name), name)
         if item["type"] == "custom_tool_call":
             value = optional(item, "input", str, hint="a string") or ""
             arguments = json.dumps({CUSTOM_INPUT: value}, ensure_ascii=False)
@@ -199,14 +213,14 @@ def known_calls(turns: list) -> dict:
 
 
 def parse_tools(raw: Any, config: Config) -> tuple:
-    """(function tools in Chat Completions' shape or None, custom tool names, function name ->
-    namespace) from `tools` (rules above)."""
+    """(function tools in Chat Completions' shape or None, custom tool names, upstream name ->
+    (namespace, name) of the functions of namespace tools) from `tools` (rules above)."""
     if raw is None:
         return None, (), {}
     if not isinstance(raw, list):
         raise ClientError("'tools' must be a list of tools")
     bounded(raw, "tools", "tools", config.max_tools, "MAX_TOOLS")
-    functions, custom, namespaces, hosted = {}, [], {}, set()
+    entries, hosted = [], set()  # entries: (namespace or None, tool, where)
     for index, tool in enumerate(raw):
         where = f"tools[{index}]"
         kind = tool.get("type") if isinstance(tool, dict) else None
@@ -214,42 +228,76 @@ def parse_tools(raw: Any, config: Config) -> tuple:
             inner = tool.get("tools")
             if not isinstance(inner, list) or not isinstance(tool.get("name"), str):
                 raise ClientError(f"'{where}' must be {{type: namespace, name, tools: [...]}}")
-            for number, member in enumerate(bounded(inner, f"{where}.tools", "tools",
-                                                    config.max_tools, "MAX_TOOLS")):
-                name = add_tool(functions, custom, member, f"{where}.tools[{number}]")
-                namespaces[name] = tool["name"]
+            entries += [(tool["name"], member, f"{where}.tools[{number}]") for number, member
+                        in enumerate(bounded(inner, f"{where}.tools", "tools", config.max_tools,
+                                             "MAX_TOOLS"))]
         elif kind in ("function", "custom"):
-            add_tool(functions, custom, tool, where)
+            entries.append((None, tool, where))
         elif isinstance(kind, str):
             hosted.add(kind)
         else:
             raise ClientError(f"'{where}' must be a tool object with a type")
-    bounded(list(functions), "tools", "functions (with the namespaces' own)", config.max_tools,
+    bounded(entries, "tools", "functions (with the namespaces' own)", config.max_tools,
             "MAX_TOOLS")
     if hosted:
         log.info("hosted tools left out (the upstream cannot run them): %s",
                  ", ".join(sorted(hosted)))
-    return list(functions.values()) or None, tuple(custom), namespaces
+    functions, custom, namespaces = [], [], {}
+    for (namespace, tool, where), name in zip(entries, upstream_names(entries), strict=True):
+        functions.append(function_tool(tool, where, name, custom))
+        if namespace is not None:
+            namespaces[name] = (namespace, tool["name"])
+    return functions or None, tuple(custom), namespaces
 
 
-def add_tool(functions: dict, custom: list, tool: Any, where: str) -> str:
-    """Add a function or custom tool as a Chat Completions function tool; its name."""
+def upstream_names(entries: list) -> list:
+    """The name the upstream sees for each tool: its own, qualified by its namespace
+    (`crm__get`) when another tool has the same name, since a call names its namespace too
+    (OpenAI's reference: a function_call's `namespace`); a 400 for two tools one name."""
+    counts = Counter(tool_name(tool, where) for _, tool, where in entries)
+    names = []
+    for namespace, tool, where in entries:
+        name = tool["name"]
+        if namespace is not None and counts[name] > 1:
+            name = qualified(namespace, name)
+        if name in names:
+            scope = f" in namespace {namespace!r}" if namespace is not None else ""
+            raise ClientError(f"'{where}' is a second tool named {tool['name']!r}{scope}: tool names "
+                              "must be unique (within a namespace)")
+        names.append(name)
+    return names
+
+
+def qualified(namespace: str, name: str) -> str:
+    """A namespace's function as the upstream sees it when its name is not unique (Codex's own
+    form for MCP tools: `mcp__server__tool`)."""
+    return f"{namespace.rstrip('_')}__{name}"
+
+
+def tool_name(tool: Any, where: str) -> str:
+    """A function or custom tool's name (a 400 for anything else)."""
     kind = tool.get("type") if isinstance(tool, dict) else None
     name = tool.get("name") if kind in ("function", "custom") else None
     description = tool.get("description") if isinstance(tool, dict) else None
     if not isinstance(name, str) or not name or not isinstance(description or "", str):
         raise ClientError(f"'{where}' must be {{type: function or custom, name, description?}}")
-    if kind == "function":
+    return name
+
+
+def function_tool(tool: dict, where: str, name: str, custom: list) -> dict:
+    """A function or custom tool as a Chat Completions function tool named name; a custom
+    tool's name goes to custom."""
+    description = tool.get("description")
+    if tool["type"] == "function":
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise ClientError(f"'{where}.parameters' must be a JSON schema object")
     else:
         custom.append(name)
         parameters = custom_parameters(tool.get("format"))
-    function = {"name": name, **({"description": description} if description else {}),
-                **({"parameters": parameters} if parameters else {})}
-    functions.setdefault(name, {"type": "function", "function": function})
-    return name
+    return {"type": "function", "function": {
+        "name": name, **({"description": description} if description else {}),
+        **({"parameters": parameters} if parameters else {})}}
 
 
 def custom_parameters(form: Any) -> dict:
@@ -264,21 +312,55 @@ def custom_parameters(form: Any) -> dict:
             "required": [CUSTOM_INPUT]}
 
 
-def parse_tool_choice(raw: Any, tools: list | None) -> Any:
-    """`tool_choice` in Chat Completions' terms (none, auto, required or one function)."""
-    if raw is None or not tools:
+class InvalidToolChoice(ClientError):
+    """A 400 for `tool_choice`, with OpenAI's `param`."""
+
+    param = "tool_choice"
+
+
+def parse_tool_choice(raw: Any, tools: list | None, custom=(), namespaces=None) -> Any:
+    """`tool_choice` in Chat Completions' terms (none, auto, required or one function; None
+    without tools), from the forms of OpenAI's reference ("Responses: create", tool_choice):
+    a mode, {type: function or custom, name} naming one of `tools`, {type: allowed_tools,
+    mode, tools}, or a hosted tool's form (hosted tools are left out: auto). Else a 400."""
+    if raw is None:
         return None
-    if raw in ("none", "auto", "required"):
-        return raw
+    if isinstance(raw, str):
+        if raw not in ("none", "auto", "required"):
+            raise InvalidToolChoice(f"'tool_choice' {raw!r} must be none, auto, required or an "
+                                    "object such as {type: function, name}")
+        return raw if tools else None
     kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind in ("function", "custom") and isinstance(raw.get("name"), str):
-        return {"type": "function", "function": {"name": raw["name"]}}
-    if kind == "allowed_tools" and raw.get("mode") in ("auto", "required"):
-        return raw["mode"]
-    if isinstance(kind, str) and kind not in ("function", "custom", "allowed_tools"):
-        return "auto"  # a hosted tool, left out with the tools
-    raise ClientError("'tool_choice' must be none, auto, required, {type: function, name} or "
-                      "{type: custom, name}")
+    if kind in ("function", "custom"):
+        name = chosen_tool(raw, kind, tools or [], custom, namespaces or {})
+        return {"type": "function", "function": {"name": name}}
+    if kind == "allowed_tools" and raw.get("mode") in ("auto", "required") \
+            and isinstance(raw.get("tools"), list):
+        return raw["mode"] if tools else None
+    if kind in HOSTED_CHOICES or (kind == "mcp" and isinstance(raw.get("server_label"), str)):
+        return "auto" if tools else None
+    raise InvalidToolChoice("'tool_choice' must be none, auto, required, {type: function, name}, "
+                            "{type: custom, name}, {type: allowed_tools, mode, tools}, "
+                            "{type: mcp, server_label} or a hosted tool's {type}")
+
+
+def chosen_tool(raw: dict, kind: str, tools: list, custom, namespaces: dict) -> str:
+    """The upstream name of the function or custom tool tool_choice names: its own name, or a
+    namespace's function by its name when only one namespace has it."""
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise InvalidToolChoice(f"'tool_choice' of type {kind} must have a name")
+    offered = [tool["function"]["name"] for tool in tools
+               if (tool["function"]["name"] in custom) == (kind == "custom")]
+    if name in offered:
+        return name
+    matches = [upstream for upstream in offered if namespaces.get(upstream, ("", ""))[1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InvalidToolChoice(f"'tool_choice.name' {name!r} is a function of several "
+                                f"namespaces: name one of {', '.join(matches)}")
+    raise InvalidToolChoice(f"'tool_choice.name' {name!r} names no {kind} tool among 'tools'")
 
 
 def parse_text_format(text: Any) -> dict | None:

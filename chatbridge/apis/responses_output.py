@@ -72,8 +72,9 @@ class Output:
     """The output items of one answer, built from its deltas (rules above).
 
     base: the response object's fields other than id, status, output, usage and error (the
-    request's settings, echoed). custom: names of custom tools; namespaces: function name ->
-    its namespace. signatures: whether to carry thought signatures in encrypted_content.
+    request's settings, echoed). custom: names of custom tools; namespaces: upstream function
+    name -> (namespace, name) of a namespace tool's function. signatures: whether to carry
+    thought signatures in encrypted_content.
     """
 
     def __init__(self, base: dict, custom=(), namespaces=None, signatures: bool = False):
@@ -198,12 +199,20 @@ class Output:
         """A function_call or custom_tool_call item for a call's first piece."""
         name = piece.get("name") or ""
         call_id = piece.get("id") or new_id("call")
-        namespace = {"namespace": self.namespaces[name]} if name in self.namespaces else {}
+        namespace, own_name = self.namespaces.get(name, (None, name))
+        named = {"name": own_name, **({"namespace": namespace} if namespace is not None else {})}
         if name in self.custom:
             return {"id": new_id("ctc"), "type": "custom_tool_call", "call_id": call_id,
-                    "name": name, **namespace, "arguments": ""}
+                    **named, "arguments": ""}
         return {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                "call_id": call_id, "name": name, **namespace, "arguments": ""}
+                "call_id": call_id, **named, "arguments": ""}
+
+    def upstream_name(self, item: dict) -> str:
+        """The name the upstream gave a call item's function (qualified by its namespace when
+        the request had to)."""
+        pair = (item.get("namespace"), item["name"])
+        return next((name for name, named in self.namespaces.items() if named == pair),
+                    item["name"])
 
     def close(self) -> list:
         """The .done events of the open item, which is then complete."""

@@ -6,6 +6,12 @@ with its model, once); then `echo` is built in; a `gemini/` or `zju/` prefix pic
 claims the name serves it (names starting with gemini or gemma go to Gemini, every other
 name to the OpenAI-compatible upstream).
 
+An alias that takes a model ChatBridge answers by itself (`echo`) to a provider without keys
+stops the start (ConfigError): that name would be listed by every model list, yet answer
+nothing. Any other alias to a provider without keys is left out of the model lists, and a
+request for it is told which setting is missing, so one MODEL_ALIASES can serve deployments
+with different keys.
+
 A name whose provider has no keys is a ModelNotFound that lists the models that are
 available and suggests a near miss (chatbridge/upstreams/names.py); when the name clearly meant
 that provider (its prefix, a name only it claims, or its default model), it also names the
@@ -18,7 +24,7 @@ and one line in PROVIDERS, plus its settings in chatbridge/config.py.
 from fnmatch import fnmatchcase
 
 from ..config import Config
-from ..errors import ClientError
+from ..errors import ClientError, ConfigError
 from ..transport import Transport
 from .base import Provider
 from .echo import EchoProvider
@@ -29,7 +35,7 @@ from .openai_compat import OpenAICompatProvider
 # In routing order: the last one claims every name the others do not.
 PROVIDERS = (EchoProvider, GeminiProvider, OpenAICompatProvider)
 
-__all__ = ["PROVIDERS", "NativeCall", "Provider", "Registry"]
+__all__ = ["PROVIDERS", "NativeCall", "Provider", "Registry", "check_aliases"]
 
 
 class Registry:
@@ -40,6 +46,7 @@ class Registry:
         self.default_model = config.default_model
         self.aliases = config.model_aliases
         self.listed = {}  # provider name -> its upstream's model names, once the service has them
+        self.refuse_dead_aliases()
 
     def __getitem__(self, name: str) -> Provider:
         return self.providers[name]
@@ -84,6 +91,25 @@ class Registry:
                                 self.available(), self.suggestible())
         return provider.name, model
 
+    def answers(self, name: str) -> bool:
+        """Whether a model name reaches a provider that can answer it (keyless, or keyed)."""
+        provider = self.route(self.aliased(name))[0]
+        return bool(provider.keys) or not provider.needs_keys
+
+    def refuse_dead_aliases(self) -> None:
+        """ConfigError for an alias that takes a keyless model (echo) to a provider without
+        keys: the model lists name that model on their own, so it would be listed and refused."""
+        for provider in self.providers.values():
+            name = provider.default_model
+            if provider.needs_keys or self.answers(name):
+                continue
+            pattern, model = next(entry for entry in self.aliases if fnmatchcase(name, entry[0]))
+            target = self.route(model)[0]
+            raise ConfigError(
+                f"invalid settings: MODEL_ALIASES sends {name!r}, which ChatBridge answers itself, "
+                f"to {model!r} (by {pattern}={model}), but {target.key_variable} is not set: "
+                f"set it, or drop the alias")
+
     def meant(self, name: str, provider: Provider) -> bool:
         """Whether a name clearly asks for this provider: its prefix, a name it claims before
         the catch-all (the last provider), or its default model."""
@@ -99,7 +125,7 @@ class Registry:
             names += [self.listed_name(provider, m) for m in
                       self.listed.get(provider.name) or [self.fallback_model(provider)]]
         names += [alias for alias, _ in self.alias_entries()]
-        return list(dict.fromkeys(names))
+        return [name for name in dict.fromkeys(names) if self.answers(name)]
 
     def suggestible(self) -> dict:
         """Names a near miss may have meant: the available ones (None), and the default models
@@ -110,7 +136,8 @@ class Registry:
     def neutral_models(self) -> list:
         """(name, provider name) of the models ChatBridge itself names, for Gemini's model
         list: the keyless ones, then the available exact aliases."""
-        own = [(p.default_model, p.name) for p in self.providers.values() if not p.needs_keys]
+        own = [(p.default_model, p.name) for p in self.providers.values()
+               if not p.needs_keys and self.answers(p.default_model)]
         return own + [(alias, provider.name) for alias, provider in self.alias_entries()]
 
     def alias_entries(self) -> list:
@@ -139,3 +166,9 @@ class Registry:
         """What to list for a provider whose own list cannot be had."""
         routes_here = self.route(self.default_model)[0] is provider
         return provider.fallback_model(self.default_model if routes_here else None)
+
+
+def check_aliases(config: Config) -> None:
+    """The start-up check of MODEL_ALIASES against the keys (Registry.refuse_dead_aliases),
+    without building a transport: for gunicorn's master, which checks the settings once."""
+    Registry(config, None)
