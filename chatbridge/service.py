@@ -152,7 +152,9 @@ class Service:
                 models += [(self.providers.listed_name(provider, m), provider.owned_by)
                            for m in self.upstream_models(provider)]
         models += [(alias, provider.owned_by) for alias, provider in self.providers.alias_entries()]
-        return list(dict(models).items())
+        # an upstream's name that an alias sends to a provider without keys would be refused
+        return [(name, owner) for name, owner in dict(models).items()
+                if self.providers.answers(name)]
 
     def upstream_models(self, provider) -> list:
         """An upstream's model names, cached for 10 minutes; its fallback model if it fails."""

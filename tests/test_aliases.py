@@ -164,3 +164,14 @@ def test_gemini_shaped_tools_and_json_mode_reach_an_openai_compatible_model(alia
     assert sent["tool_choice"] == "required"
     assert sent["response_format"] == {"type": "json_object"}
     assert (sent["top_p"], sent["stop"]) == (0.5, ["END"])
+
+
+def test_an_upstream_model_aliased_to_a_provider_without_keys_is_not_listed(make_app, openai):
+    """The OpenAI-compatible upstream lists deepseek-v3-671b, but MODEL_ALIASES sends that name
+    to Gemini, which has no keys here: listing it would offer a model that answers 404."""
+    client = make_app(ALL_GEMINI_API_KEYS="",
+                      MODEL_ALIASES="deepseek-v3-671b=gemini-2.5-pro").test_client()
+    names = [m["id"] for m in client.get("/v1/models").json["data"]]
+    assert "deepseek-v3-671b" not in names and "deepseek-r1-671b" in names, names
+    refused = client.post("/v1/chat/completions", json={"model": "deepseek-v3-671b", "messages": HI})
+    assert refused.status_code == 404
