@@ -10,7 +10,7 @@ from chatbridge.transport import Transport
 from chatbridge.upstreams import Registry
 from chatbridge.upstreams.base import iter_deltas
 from chatbridge.upstreams.gemini import gemini_deltas
-from chatbridge.upstreams.openai_compat import openai_deltas
+from chatbridge.upstreams.openai_compat import TextChunks, openai_deltas
 from tests.fakes import gemini_429, gemini_events, gemini_invalid_key
 
 SAMPLE = ('data: {"t": "a\u2028b"}\r\n\r\n: comment\r\ndata: {"t": "سلام 🌍"}\n\n'
@@ -157,3 +157,50 @@ def test_redaction_masks_configured_and_key_like_strings():
     text = Redactor(settings.secrets).redact("got weird-secret-1234 and AIzaSyAbcdefghijklmnop and sk-abc***wxyz")
     assert "weird-secret" not in text and "AIzaSy" not in text and "sk-abc" not in text
     assert "…1234" in text
+
+
+def text_chunk(content, **extra) -> str:
+    """An OpenAI chat.completion.chunk payload holding only text, as DeepSeek sends it."""
+    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
+                                    "finish_reason": None}], **extra}, ensure_ascii=False)
+
+
+def stream_deltas(payloads: list) -> list:
+    events = [("data", p) for p in payloads + ['{"choices":[{"index":0,"delta":{},'
+                                               '"finish_reason":"stop"}]}', "[DONE]"]]
+    return list(iter_deltas(events, openai_deltas, TextChunks()))
+
+
+@pytest.mark.parametrize("text", ['wo"rld\\', "中文\u2028 🌍", "\\u0041", "", "a\\\"b",
+                                  'a","reasoning_content":"b', 'a"},"finish_reason":"x'])
+def test_quick_text_chunks_read_what_parsing_reads(text):
+    """The chunks after the first are read from its learnt shape; whatever the text, the deltas
+    are those of a full parse."""
+    payloads = [text_chunk("first"), text_chunk(text), text_chunk(text + "!")]
+    found = stream_deltas(payloads)
+    assert found == list(iter_deltas([("data", p) for p in payloads + [
+        '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}']], openai_deltas))
+    expected = ["first", text, text + "!"] if text else ["first", "!"]
+    assert [d.value for d in found if d.kind == "text"] == expected
+
+
+def test_quick_text_chunks_leave_every_other_shape_to_the_parser():
+    texts = TextChunks()
+    texts.learn(text_chunk("hi"), json.loads(text_chunk("hi")))
+    assert texts.text(text_chunk("yo")) == "yo"
+    injected = text_chunk("x")[:-len('"}, "logprobs": null, "finish_reason": null}]}')] \
+        + '", "reasoning_content": "y"}, "logprobs": null, "finish_reason": null}]}'
+    assert json.loads(injected)["choices"][0]["delta"]["reasoning_content"] == "y"
+    assert texts.text(injected) is None  # two strings where the shape has one
+    assert texts.text(text_chunk("x", usage={"total_tokens": 3})) is None
+    assert texts.text(text_chunk("x").replace('"c1"', '"c2"')) is None
+    broken = text_chunk("x").replace('"x"', '"x\x01"')  # a control character: not JSON
+    assert texts.text(broken) is None
+
+
+def test_quick_text_chunks_learn_only_from_one_content_key():
+    texts = TextChunks()
+    twice = text_chunk("hi", extra={"content": "hi"})
+    texts.learn(twice, json.loads(twice))
+    assert texts.prefix is None and texts.text(twice) is None

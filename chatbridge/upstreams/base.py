@@ -131,8 +131,13 @@ class HttpProvider(Provider):
                 events = json_events(b"".join(iter_body(response)))
             else:
                 events = iter_sse_data(iter_stream(response))
-            rest = iter_deltas(events, self.deltas)
+            rest = iter_deltas(events, self.deltas, self.text_chunks())
             return Answer(read_until_content(rest, chat.empty_answers), rest, response, cancel)
+
+    def text_chunks(self):
+        """A quick reader for the stream's chunks that hold only text, learning from the
+        stream's first (see openai_compat.TextChunks), or None."""
+        return None
 
     def fetch_answer(self, chat, key, cancel):
         response = self.post(chat, key, stream=False)
@@ -198,8 +203,10 @@ def whole_deltas(deltas: list) -> list:
     return deltas
 
 
-def iter_deltas(events: Iterable, translate) -> Iterator:
-    """Upstream SSE events to deltas; finish and usage come last.
+def iter_deltas(events: Iterable, translate, texts=None) -> Iterator:
+    """Upstream SSE events to deltas; finish and usage come last. texts, if given, reads the
+    chunks that hold only text without parsing them (texts.text), once it has learnt them from
+    a parsed one (texts.learn).
 
     Completion is what the upstream says, not what the socket does: once a finish reason has
     come, a connection that then breaks does not undo the answer; a stream that ends without
@@ -221,11 +228,19 @@ def iter_deltas(events: Iterable, translate) -> Iterator:
         if kind == "flush":  # the relay's markers (chat.FLUSH, chat.SILENCE) pass through
             yield Delta(kind, payload)
             continue
+        if texts is not None:
+            text = texts.text(payload)
+            if text is not None:
+                if text:
+                    yield Delta("text", text)
+                continue
         if payload.strip() == "[DONE]":
             break
         event = parse_json(payload)
         if not isinstance(event, dict):
             raise UpstreamError("broken", "the upstream sent an event that is not JSON")
+        if texts is not None:
+            texts.learn(payload, event)
         for delta in translate_event(translate, event):
             if delta.kind == "finish":
                 finish = delta.value

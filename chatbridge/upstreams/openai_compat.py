@@ -8,6 +8,8 @@ stream is read until `data: [DONE]`. DeepSeek's `reasoning_content` (and OpenRou
 """
 
 import base64
+import re
+from json.decoder import scanstring
 
 from ..chat import Delta, Finish, Turn
 from ..failures import failure_from_event
@@ -74,6 +76,9 @@ class OpenAICompatProvider(HttpProvider):
 
     def deltas(self, event):
         return openai_deltas(event)
+
+    def text_chunks(self):
+        return TextChunks()
 
     def chat_completion(self, body):
         return body
@@ -155,6 +160,52 @@ def plain_text(event: dict) -> str | None:
         return None
     content = delta.get("content")
     return content if type(content) is str else None
+
+
+CONTENT_KEY = re.compile(r'[{,]\s*"content"\s*:\s*"')
+
+
+class TextChunks:
+    """Reads the chunks of one stream that hold only text without parsing them (issue 13: the
+    JSON decode and the look at the chunk's structure were a fifth of a stream's CPU).
+
+    An OpenAI-compatible stream's text chunks are alike byte for byte but for the text (id,
+    created and model stay the same). From the first one parsed, learn() keeps the bytes
+    before and after its one `"content"` string; a payload with that prefix and suffix around
+    exactly one JSON string (json.decoder.scanstring) is a chunk of the same structure, so
+    text() returns that string. Any other payload gives None and is parsed as usual.
+    """
+
+    def __init__(self):
+        self.prefix = self.suffix = None
+        self.tries = 3  # learning stops if the text chunks keep differing (an id per chunk)
+
+    def text(self, payload: str) -> str | None:
+        prefix = self.prefix
+        if prefix is None or not payload.startswith(prefix) or not payload.endswith(self.suffix):
+            return None
+        try:
+            text, end = scanstring(payload, len(prefix))
+        except ValueError:  # not one complete JSON string there
+            return None
+        return text if end == len(payload) - len(self.suffix) else None
+
+    def learn(self, payload: str, event: dict) -> None:
+        """Take payload's shape if it is a text chunk (plain_text) whose text is its only
+        `"content"` key's string."""
+        if not self.tries or not plain_text(event):
+            return
+        self.tries -= 1
+        keys = list(CONTENT_KEY.finditer(payload))
+        if len(keys) != 1:
+            return
+        start = keys[0].end()
+        try:
+            text, end = scanstring(payload, start)
+        except ValueError:
+            return
+        if text == plain_text(event):
+            self.prefix, self.suffix = payload[:start], payload[end:]
 
 
 def openai_finish(reason: str) -> Finish:
