@@ -156,7 +156,9 @@ def body_reader(raw: urllib3.BaseHTTPResponse):
         return ChunkedBody(raw, socket_file).read
 
     def read(wait):
-        if wait is not None and socket_file is not None and not arrives(socket_file.peek, wait):
+        waits = wait is not None and socket_file is not None and message.fp is not None \
+            and message.length != 0  # a body read to its Content-Length has ended
+        if waits and not arrives(socket_file.peek, wait):
             return None  # peeked, not read: urllib3 closes the connection on an interrupted read
         return raw.read1(READ_SIZE, decode_content=True)
     return read

@@ -322,3 +322,14 @@ def test_a_burst_of_events_goes_out_in_few_writes(server, gemini, openai, name):
     joined = b"".join(pieces).decode()
     assert all(text.strip() in joined for text in texts), joined
     assert len(pieces) <= 4, [piece[:80] for piece in pieces]
+
+
+def test_a_stream_with_a_content_length_ends_cleanly(server, openai):
+    """An upstream that frames its stream with Content-Length (no chunks) and keeps the
+    connection open: the body's last byte is its end, not the start of a silence."""
+    chunks = openai_stream(["one", " two"], done=False).chunks  # read on to the very end
+    openai.script = lambda r: Reply(chunks=chunks[:2] + [0.3] + chunks[2:], chunked=False,
+                                    hang=True, headers={  # the connection stays open after it
+        "Content-Type": "text/event-stream", "Content-Length": str(sum(map(len, chunks)))})
+    payloads = events(post_chat(server, {"user_content": "hi", "model": ZJU, "stream": True}))
+    assert shape_b_text(payloads) == "one two" and "error" not in payloads[-1], payloads
