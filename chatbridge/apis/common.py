@@ -202,7 +202,32 @@ def note_request(chat: ChatRequest) -> RequestLog:
 
 def stream_response(stream: Iterator, writer: StreamWriter, cancel: Cancel) -> Response:
     """A streamed answer; closing it (even before its first byte) stops the upstream work."""
-    response = Response(stream, content_type=writer.content_type, headers={
+    body = StreamBody(stream)
+    response = Response(body, content_type=writer.content_type, direct_passthrough=True, headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **writer.headers})
+    body.done = response.close  # the response's call_on_close callbacks: the hooks' and this
     response.call_on_close(cancel.cancel)
     return response
+
+
+class StreamBody:
+    """A stream handed to the WSGI server as it is (direct_passthrough): werkzeug's own wrapping
+    cost a generator layer and a call per chunk (issue 13). The server iterates the stream
+    itself, and its close() closes the stream, then runs the response's close callbacks, as
+    werkzeug's ClosingIterator does."""
+
+    def __init__(self, stream: Iterator):
+        self.stream, self.done = stream, None
+
+    def __iter__(self):
+        return iter(self.stream)
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            done, self.done = self.done, None  # response.close() calls this close again
+            if done is not None:
+                done()
