@@ -24,6 +24,7 @@ from tests.fakes import (
     gemini_invalid_key,
     gemini_sse,
     gemini_usage,
+    openai_insufficient_quota,
 )
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -216,6 +217,42 @@ def test_a_rejected_key_comes_back_after_a_check_passes(file_server, gemini):
     chat(file_server.url)
     chat(file_server.url)
     assert GEMINI_KEYS[0] in [r.key for r in gemini.requests[generated:]]
+
+
+def test_the_periodic_check_leaves_a_key_out_of_credit_resting(file_server, openai):
+    """A model list costs no credit, so it cannot tell a key out of credit: the rounds leave
+    its rest alone (else it came back every round and rested again at its next request)."""
+    file_server.reset_state()
+    out_of_credit, invalid = ZJU_KEYS
+    openai.valid_keys = {out_of_credit}  # the other one is rejected as invalid
+    openai.script = lambda r: openai_insufficient_quota() \
+        if r.key == out_of_credit and r.method == "POST" else None
+    body = {"model": "deepseek-r1-671b", "messages": [{"role": "user", "content": "hi"}]}
+    reply = requests.post(f"{file_server.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 503, reply.text
+
+    def entries():
+        return {e["key"][-4:]: e for e in key_entries(file_server.url, "zju")}
+
+    def models_listed(key):
+        return sum(r.method == "GET" and r.path.endswith("/models") and r.key == key
+                   for r in openai.requests)
+    # two rounds (1.2 s apart) checked the invalid key, which comes after it in each round
+    assert wait_for(lambda: models_listed(invalid) >= 2), openai.requests
+    entry = entries()[out_of_credit[-4:]]
+    assert (entry["state"], entry["reason"], entry["checked"]) == ("invalid", "billing", None)
+    assert models_listed(out_of_credit) == 0
+    assert entries()[invalid[-4:]]["checked"]["result"] == "invalid"
+
+    # by hand, a check still ends the rest, and says what a model list cannot see
+    reply = requests.post(f"{file_server.url}/api/keys/zju/{out_of_credit[-4:]}/check",
+                          headers=ADMIN, timeout=10)
+    assert reply.status_code == 200
+    check, key = reply.json()["check"], reply.json()["key"]
+    assert check["result"] == "ok" and "a model list cannot see credit" in check["message"]
+    assert "out-of-credit rest is ended" in check["message"]
+    assert (key["state"], key["reason"]) == ("ok", None)
+    assert models_listed(out_of_credit) == 1
 
 
 def test_a_stopping_worker_adds_its_last_counts_to_the_state(start_gunicorn, gemini, openai):

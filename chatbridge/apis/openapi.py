@@ -373,6 +373,9 @@ API_KEY_RESET = {"post": {
 API_KEY_CHECK = {"post": {
     "operationId": "check_key",
     "summary": "Check a key now with a request that spends no generation quota (a model list)",
+    "description": "An ok ends the key's invalid or out-of-credit rest. A model list cannot "
+                   "see credit: the periodic re-check leaves out-of-credit rests alone, and "
+                   "an ok here says so in its message.",
     "security": [{"adminToken": []}],
     "parameters": KEY_PARAMETERS,
     "responses": {
