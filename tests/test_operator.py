@@ -345,6 +345,26 @@ def test_reset_ends_a_rate_limit_rest(make_app, gemini):
     assert states[f"…{suffix}"] == "ok" and list(states.values()).count("cooling") == 2
 
 
+def test_a_reset_ends_an_out_of_credit_rest_whole(make_app, openai):
+    """After a reset, a later rest of the key is for its own reason, not the billing before."""
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    out_of_credit = ZJU_KEYS[0]
+    openai.script = lambda r: openai_insufficient_quota() if r.key == out_of_credit else None
+    body = {"model": "deepseek-r1-671b", "messages": [{"role": "user", "content": "hi"}]}
+
+    def entry():
+        entries = client.get("/api/keys", headers=ADMIN).json["providers"]["zju"]
+        return next(e for e in entries if e["key"] == f"…{out_of_credit[-4:]}")
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert (entry()["state"], entry()["reason"]) == ("invalid", "billing")
+    reply = client.post(f"/api/keys/zju/{out_of_credit[-4:]}/reset", headers=ADMIN)
+    assert (reply.json["key"]["state"], reply.json["key"]["reason"]) == ("ok", None)
+    openai.script, openai.valid_keys = None, {ZJU_KEYS[1]}
+    for _ in range(2):  # the second request starts at the reset key, rejected now as invalid
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert (entry()["state"], entry()["reason"]) == ("invalid", "invalid")
+
+
 @pytest.mark.parametrize("path", ["/api/keys/gemini/zzzz/reset", "/api/keys/nope/aaaa/check",
                                   "/api/keys/echo/aaaa/reset"])
 def test_an_unknown_key_or_provider_is_404(client_with_admin, path):
@@ -447,12 +467,30 @@ def test_the_keys_check_command_prints_a_table_and_fails_for_a_bad_key(tmp_path,
         ["gemini", GEMINI_KEYS[2][-4:], "ok"], ["zju", ZJU_KEYS[0][-4:], "ok"],
         ["zju", ZJU_KEYS[1][-4:], "ok"]]
     assert "4 of 5 keys ok, 1 failed" in result.stdout
+    assert "models listed (a model list cannot see credit)" in rows[1][3]
     assert not any(key in result.stdout + result.stderr for key in GEMINI_KEYS + ZJU_KEYS)
     assert [r.path for r in gemini.requests] == ["/v1beta/models"] * 3  # no generation quota
 
     gemini.valid_keys = None
     result = run_check(env, tmp_path)
     assert result.returncode == 0 and "5 of 5 keys ok" in result.stdout
+
+
+def test_the_keys_check_command_ends_an_out_of_credit_rest_and_says_what_it_cannot_see(
+        tmp_path, gemini, openai):
+    """Checked by hand, a key resting out of credit comes back (the operator asked), and the
+    table says that its credit was not seen."""
+    from chatbridge.config import fingerprint
+    from chatbridge.state import FileStateStore
+    key_id, until = fingerprint(ZJU_KEYS[0]), time.time() + 3600
+    store = FileStateStore(tmp_path / "cli-state")
+    store.note_attempt("zju", key_id, {f"invalid|{key_id}": until, f"billing|{key_id}": until},
+                       "billing: Insufficient credits")
+    result = run_check(upstream_env(gemini, openai), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if ZJU_KEYS[0][-4:] in line)
+    assert "out-of-credit rest is ended, but a model list cannot see credit" in row
+    assert FileStateStore(tmp_path / "cli-state").peek("zju") == {}
 
 
 def test_the_keys_check_command_without_keys_or_with_bad_settings(tmp_path):
