@@ -75,14 +75,10 @@ class StoredResponses:
             raise no_response(response_id)
         return record.get("input_items", [])
 
-    def turns_before(self, response_id: str, owner: str) -> list:
-        """The conversation up to and including a stored response, as Turns; 400
-        previous_response_not_found if it is not owner's or has expired."""
-        return self.context_before(response_id, owner)[0]
-
     def context_before(self, response_id: str, owner: str) -> tuple:
-        """(turns_before's Turns, the input items a response continuing it starts with: its
-        input items and its output), in one read."""
+        """(the conversation up to and including a stored response, as Turns; the input items
+        a response continuing it starts with: its input items and its output), in one read;
+        400 previous_response_not_found if it is not owner's or has expired."""
         record = self.record(response_id, owner)
         if record is None:
             raise PreviousResponseNotFound(f"Previous response with id '{response_id}' not found.")
