@@ -8,7 +8,9 @@ The rules, in the order a request meets them:
    settings: keys of one Google project share its quota), for the delay the upstream stated
    (failures.retry_delay, else 60 s; never more than a day); a per-day quota rests it until
    midnight Pacific, when Gemini resets it. A key rejected as invalid or disabled, or whose
-   account is out of credit, rests for an hour for every model. An upstream's own failure
+   account is out of credit, rests for an hour for every model (an invalid mark; out of
+   credit adds a billing mark, which keeps the periodic re-check away from the key: a model
+   list cannot see credit, chatbridge/key_checks.py). An upstream's own failure
    (5xx, overload) rests no key. Rests are marks in the state store, so every worker skips
    the key; a mark is read as at most MAX_MARK_AHEAD from now, so no stored number rests a
    key longer or breaks GET /api/keys.
@@ -74,6 +76,11 @@ def quota_mark(key: ApiKey, model: str) -> str:
 
 def invalid_mark(key: ApiKey) -> str:
     return f"invalid|{key.id}"
+
+
+def billing_mark(key: ApiKey) -> str:
+    """Set beside the invalid mark while a key rests because its account is out of credit."""
+    return f"billing|{key.id}"
 
 
 def rest_until(failure: UpstreamError, now: float) -> float:
@@ -170,6 +177,8 @@ class KeyPool:
         elif failure is not None and failure.rests_key:
             rest = BILLING_COOLDOWN if failure.kind == "billing" else INVALID_KEY_COOLDOWN
             marks[invalid_mark(key)] = now + rest
+            if failure.kind == "billing":
+                marks[billing_mark(key)] = now + rest
         if failure is not None and not failure.blames_key:
             failure = None  # the request's own fault does not count against the key
         error = f"{failure.kind}: {self.redactor.public_text(failure.message)}" if failure else None
@@ -251,14 +260,16 @@ def ignore_attempt(key: ApiKey, failure: UpstreamError | None, new_attempt: bool
 REST_REASONS = {"invalid_key": "invalid", "billing": "billing"}  # of an invalid mark
 
 
-def rest_reason(state: str, last_error: str | None) -> str | None:
-    """Why a key rests: rate_limited while it cools; invalid or billing as its last error
-    (the one that rested it, or its last failed check) says."""
-    if state == "cooling":
-        return "rate_limited"
-    if state == "invalid":
-        return REST_REASONS.get((last_error or "").partition(":")[0], "invalid")
-    return None
+def rest_kind(key: ApiKey, marks: dict, last_error: str | None, now: float) -> str | None:
+    """Why a key rests for every model: "billing" (out of credit), "invalid", or None.
+
+    The billing mark says so; for a rest stored before billing marks existed, the last error
+    (the one that rested the key, or its last failed check) does."""
+    if mark_until(marks.get(invalid_mark(key), 0), now) <= now:
+        return None
+    if mark_until(marks.get(billing_mark(key), 0), now) > now:
+        return "billing"
+    return REST_REASONS.get((last_error or "").partition(":")[0], "invalid")
 
 
 def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
@@ -269,11 +280,13 @@ def key_status(key: ApiKey, marks: dict, counters: dict, now: float) -> dict:
                if name.startswith(prefix) and until > now}
     invalid = marks.get(invalid_mark(key), 0)
     state = "invalid" if invalid > now else "cooling" if cooling else "ok"
+    reason = "rate_limited" if state == "cooling" else \
+        rest_kind(key, marks, counters.get("last_error"), now)
     return {
         "key": key.label,
         "group": key.group.removeprefix("group:") if key.group.startswith("group:") else None,
         "state": state,
-        "reason": rest_reason(state, counters.get("last_error")),
+        "reason": reason,
         "cooling_until": cooling,
         "invalid_until": iso_time(invalid) if invalid > now else None,
         "requests": counters.get("requests", 0),

@@ -5,8 +5,10 @@ Rules:
 - A response is stored when its request has `store` true (OpenAI's default) and the answer
   reached its end (completed or incomplete); a failed or stopped answer stores nothing.
 - Each record holds the whole conversation up to it (the earlier turns, the request's input
-  and the answer) as neutral turns, so `previous_response_id` costs one read, and the
-  response object as it was answered, for GET /v1/responses/{id}. Instructions are not
+  and the answer) as neutral turns, so `previous_response_id` costs one read, the response
+  object as it was answered, for GET /v1/responses/{id}, and its input items in the API's
+  shapes (the earlier responses' input and output items, then its request's: GET
+  /v1/responses/{id}/input_items, chatbridge/apis/responses_items.py). Instructions are not
   carried over, as OpenAI documents for `previous_response_id`.
 - A response belongs to the access token that made it (its fingerprint, "" while
   ACCESS_TOKENS is unset); for any other token it does not exist (404). It expires
@@ -66,19 +68,29 @@ class StoredResponses:
         if not self.store.delete_response(response_id):
             raise no_response(response_id)
 
-    def turns_before(self, response_id: str, owner: str) -> list:
-        """The conversation up to and including a stored response, as Turns; 400
-        previous_response_not_found if it is not owner's or has expired."""
+    def input_items(self, response_id: str, owner: str) -> list:
+        """A stored response's input items, oldest first; 404 as get."""
+        record = self.record(response_id, owner)
+        if record is None:
+            raise no_response(response_id)
+        return record.get("input_items", [])
+
+    def context_before(self, response_id: str, owner: str) -> tuple:
+        """(the conversation up to and including a stored response, as Turns; the input items
+        a response continuing it starts with: its input items and its output), in one read;
+        400 previous_response_not_found if it is not owner's or has expired."""
         record = self.record(response_id, owner)
         if record is None:
             raise PreviousResponseNotFound(f"Previous response with id '{response_id}' not found.")
-        return [self.turn_of(stored, owner) for stored in record.get("turns", [])]
+        turns = [self.turn_of(stored, owner) for stored in record.get("turns", [])]
+        return turns, record.get("input_items", []) + record["response"].get("output", [])
 
-    def save(self, response: dict, turns: list, owner: str) -> None:
-        """Store a response object and the whole conversation it ends."""
+    def save(self, response: dict, turns: list, owner: str, input_items: list = ()) -> None:
+        """Store a response object, the whole conversation it ends and its input items."""
         stored = [self.stored_turn(turn, response["id"], owner) for turn in turns]
         self.store.save_response(response["id"], {"owner": owner, "turns": stored,
-                                                  "response": response}, self.ttl)
+                                                  "response": response,
+                                                  "input_items": list(input_items)}, self.ttl)
 
     def stored_turn(self, turn: Turn, response_id: str, owner: str) -> dict:
         """A Turn as JSON; its files as cached uploads (those it came with, or new ones)."""

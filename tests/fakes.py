@@ -466,6 +466,13 @@ def openai_error(status, message, code="invalid_request_error", type_="invalid_r
     return json_reply({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
 
 
+def openai_insufficient_quota():
+    """OpenAI's 429 for an account out of credit (code insufficient_quota): a billing error,
+    not a rate limit; listing models still works with such a key."""
+    return openai_error(429, "You exceeded your current quota, please check your plan and "
+                             "billing details.", code="insufficient_quota", type_="insufficient_quota")
+
+
 def openai_midstream_error(texts):
     """Some content deltas, then `data: {"error": {...}}` and no [DONE]."""
     error = {"error": {"message": "The server had an error while processing your request.",

@@ -24,6 +24,7 @@ from tests.fakes import (
     gemini_invalid_key,
     gemini_sse,
     gemini_usage,
+    openai_insufficient_quota,
 )
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -218,6 +219,42 @@ def test_a_rejected_key_comes_back_after_a_check_passes(file_server, gemini):
     assert GEMINI_KEYS[0] in [r.key for r in gemini.requests[generated:]]
 
 
+def test_the_periodic_check_leaves_a_key_out_of_credit_resting(file_server, openai):
+    """A model list costs no credit, so it cannot tell a key out of credit: the rounds leave
+    its rest alone (else it came back every round and rested again at its next request)."""
+    file_server.reset_state()
+    out_of_credit, invalid = ZJU_KEYS
+    openai.valid_keys = {out_of_credit}  # the other one is rejected as invalid
+    openai.script = lambda r: openai_insufficient_quota() \
+        if r.key == out_of_credit and r.method == "POST" else None
+    body = {"model": "deepseek-r1-671b", "messages": [{"role": "user", "content": "hi"}]}
+    reply = requests.post(f"{file_server.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 503, reply.text
+
+    def entries():
+        return {e["key"][-4:]: e for e in key_entries(file_server.url, "zju")}
+
+    def models_listed(key):
+        return sum(r.method == "GET" and r.path.endswith("/models") and r.key == key
+                   for r in openai.requests)
+    # two rounds (1.2 s apart) checked the invalid key, which comes after it in each round
+    assert wait_for(lambda: models_listed(invalid) >= 2), openai.requests
+    entry = entries()[out_of_credit[-4:]]
+    assert (entry["state"], entry["reason"], entry["checked"]) == ("invalid", "billing", None)
+    assert models_listed(out_of_credit) == 0
+    assert entries()[invalid[-4:]]["checked"]["result"] == "invalid"
+
+    # by hand, a check still ends the rest, and says what a model list cannot see
+    reply = requests.post(f"{file_server.url}/api/keys/zju/{out_of_credit[-4:]}/check",
+                          headers=ADMIN, timeout=10)
+    assert reply.status_code == 200
+    check, key = reply.json()["check"], reply.json()["key"]
+    assert check["result"] == "ok" and "a model list cannot see credit" in check["message"]
+    assert "out-of-credit rest is ended" in check["message"]
+    assert (key["state"], key["reason"]) == ("ok", None)
+    assert models_listed(out_of_credit) == 1
+
+
 def test_a_stopping_worker_adds_its_last_counts_to_the_state(start_gunicorn, gemini, openai):
     server = start_gunicorn(upstream_env(gemini, openai, ADMIN_TOKEN=ADMIN_TOKEN), workers=1)
     gemini.script = fixed_reply
@@ -306,6 +343,26 @@ def test_reset_ends_a_rate_limit_rest(make_app, gemini):
     states = {e["key"]: e["state"] for e in
               client.get("/api/keys", headers=ADMIN).json["providers"]["gemini"]}
     assert states[f"…{suffix}"] == "ok" and list(states.values()).count("cooling") == 2
+
+
+def test_a_reset_ends_an_out_of_credit_rest_whole(make_app, openai):
+    """After a reset, a later rest of the key is for its own reason, not the billing before."""
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    out_of_credit = ZJU_KEYS[0]
+    openai.script = lambda r: openai_insufficient_quota() if r.key == out_of_credit else None
+    body = {"model": "deepseek-r1-671b", "messages": [{"role": "user", "content": "hi"}]}
+
+    def entry():
+        entries = client.get("/api/keys", headers=ADMIN).json["providers"]["zju"]
+        return next(e for e in entries if e["key"] == f"…{out_of_credit[-4:]}")
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert (entry()["state"], entry()["reason"]) == ("invalid", "billing")
+    reply = client.post(f"/api/keys/zju/{out_of_credit[-4:]}/reset", headers=ADMIN)
+    assert (reply.json["key"]["state"], reply.json["key"]["reason"]) == ("ok", None)
+    openai.script, openai.valid_keys = None, {ZJU_KEYS[1]}
+    for _ in range(2):  # the second request starts at the reset key, rejected now as invalid
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert (entry()["state"], entry()["reason"]) == ("invalid", "invalid")
 
 
 @pytest.mark.parametrize("path", ["/api/keys/gemini/zzzz/reset", "/api/keys/nope/aaaa/check",
@@ -410,12 +467,30 @@ def test_the_keys_check_command_prints_a_table_and_fails_for_a_bad_key(tmp_path,
         ["gemini", GEMINI_KEYS[2][-4:], "ok"], ["zju", ZJU_KEYS[0][-4:], "ok"],
         ["zju", ZJU_KEYS[1][-4:], "ok"]]
     assert "4 of 5 keys ok, 1 failed" in result.stdout
+    assert "models listed (a model list cannot see credit)" in rows[1][3]
     assert not any(key in result.stdout + result.stderr for key in GEMINI_KEYS + ZJU_KEYS)
     assert [r.path for r in gemini.requests] == ["/v1beta/models"] * 3  # no generation quota
 
     gemini.valid_keys = None
     result = run_check(env, tmp_path)
     assert result.returncode == 0 and "5 of 5 keys ok" in result.stdout
+
+
+def test_the_keys_check_command_ends_an_out_of_credit_rest_and_says_what_it_cannot_see(
+        tmp_path, gemini, openai):
+    """Checked by hand, a key resting out of credit comes back (the operator asked), and the
+    table says that its credit was not seen."""
+    from chatbridge.config import fingerprint
+    from chatbridge.state import FileStateStore
+    key_id, until = fingerprint(ZJU_KEYS[0]), time.time() + 3600
+    store = FileStateStore(tmp_path / "cli-state")
+    store.note_attempt("zju", key_id, {f"invalid|{key_id}": until, f"billing|{key_id}": until},
+                       "billing: Insufficient credits")
+    result = run_check(upstream_env(gemini, openai), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if ZJU_KEYS[0][-4:] in line)
+    assert "out-of-credit rest is ended, but a model list cannot see credit" in row
+    assert FileStateStore(tmp_path / "cli-state").peek("zju") == {}
 
 
 def test_the_keys_check_command_without_keys_or_with_bad_settings(tmp_path):

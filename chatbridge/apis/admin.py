@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify
 
 from ..auth import bearer_token, matches
 from ..errors import ClientError, NotFound, Unauthorized
-from ..keys import KeyPool, invalid_mark, key_status, quota_mark
+from ..keys import KeyPool, billing_mark, invalid_mark, key_status, quota_mark
 from ..logs import log
 from ..metrics import CONTENT_TYPE
 from ..service import current_service
@@ -32,7 +32,7 @@ def key_status_view():
 def reset_key(provider: str, suffix: str):
     """End a key's rests, all of them (a rate-limit rest is its group's): {"key": entry}."""
     pool, key = find_key(provider, suffix)
-    current_service().store.clear_marks(pool.provider.name, (invalid_mark(key),
+    current_service().store.clear_marks(pool.provider.name, (invalid_mark(key), billing_mark(key),
                                                               quota_mark(key, "")))
     log.info("%s key %s: its rest was ended by hand", pool.provider.name, key.label)
     return jsonify(key=key_entries(pool, key)[0])
@@ -41,7 +41,8 @@ def reset_key(provider: str, suffix: str):
 @bp.post("/api/keys/<provider>/<suffix>/check")
 def check_key(provider: str, suffix: str):
     """Check a key now with a model list (chatbridge/key_checks.py): {"key": entry, "check":
-    {"result": "ok" or the failure class, "message": str}}."""
+    {"result": "ok" or the failure class, "message": str}}. An ok ends any rest but a rate
+    limit's, one for billing too, and its message says that a model list cannot see credit."""
     pool, key = find_key(provider, suffix)
     outcome = current_service().checker.check(pool, key)
     return jsonify(key=key_entries(pool, key)[0], check=outcome)

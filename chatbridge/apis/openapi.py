@@ -18,6 +18,7 @@ GET /openapi.json (no access token needed, never rate-limited).
 from flask import Blueprint, jsonify
 
 from .openapi_agents import AGENT_SCHEMAS, V1_COUNT_TOKENS, V1_MESSAGES, V1_RESPONSE, V1_RESPONSES
+from .openapi_agents import V1_RESPONSE_CANCEL, V1_RESPONSE_INPUT_ITEMS
 from .openapi_base import (
     CHAT_ID, MODEL, NULLABLE_STRING, POSITIVE, SSE, TEMPERATURE,
     api_errors, json_body, obj, openai_errors, ref, sse_events,
@@ -373,6 +374,9 @@ API_KEY_RESET = {"post": {
 API_KEY_CHECK = {"post": {
     "operationId": "check_key",
     "summary": "Check a key now with a request that spends no generation quota (a model list)",
+    "description": "An ok ends the key's invalid or out-of-credit rest. A model list cannot "
+                   "see credit: the periodic re-check leaves out-of-credit rests alone, and "
+                   "an ok here says so in its message.",
     "security": [{"adminToken": []}],
     "parameters": KEY_PARAMETERS,
     "responses": {
@@ -469,6 +473,8 @@ DOCUMENT = {
         "/v1/models/{model}": V1_MODEL,
         "/v1/responses": V1_RESPONSES,
         "/v1/responses/{response_id}": V1_RESPONSE,
+        "/v1/responses/{response_id}/input_items": V1_RESPONSE_INPUT_ITEMS,
+        "/v1/responses/{response_id}/cancel": V1_RESPONSE_CANCEL,
         "/v1/messages": V1_MESSAGES,
         "/v1/messages/count_tokens": V1_COUNT_TOKENS,
         "/healthz": HEALTHZ,

@@ -42,6 +42,10 @@ AGENT_SCHEMAS.update({
                                                     "(default true)"},
         "previous_response_id": {"type": "string"},
         "include": {"type": "array", "items": {"type": "string"}},
+        "background": {"type": "boolean", "description": "Only false: ChatBridge runs no "
+                                                         "background responses (true is a 400)"},
+        "conversation": {"description": "Not taken (a 400): ChatBridge keeps no Conversations "
+                                        "objects; continue with previous_response_id"},
     }, ("input",), description="OpenAI's Responses request, as ChatBridge takes it; unknown "
                                f"fields are ignored. See {RESPONSES_REFERENCE}"),
     "Response": obj({
@@ -51,8 +55,31 @@ AGENT_SCHEMAS.update({
         "usage": {"type": ["object", "null"]},
     }, ("id", "object", "status", "output"), description="OpenAI's response object"),
 })
+AGENT_SCHEMAS["ResponseItemList"] = obj({
+    "object": {"const": "list"},
+    "data": {"type": "array", "items": obj({"id": {"type": "string"},
+                                            "type": {"type": "string"}}, ("id", "type"))},
+    "first_id": NULLABLE_STRING, "last_id": NULLABLE_STRING, "has_more": {"type": "boolean"},
+}, ("object", "data", "first_id", "last_id", "has_more"),
+    description="A page of a response's input items: the earlier responses' input and output "
+                "items (previous_response_id), then its request's input, in the reference's "
+                "item shapes; inline file bytes read back as null")
 RESPONSE_ID = [{"name": "response_id", "in": "path", "required": True,
                 "schema": {"type": "string"}}]
+ITEM_ID = {"type": "string", "description": "An input item's id"}
+INPUT_ITEM_QUERY = [
+    {"name": "after", "in": "query", "schema": ITEM_ID,
+     "description": "List the items after this one (in the order asked for)"},
+    {"name": "before", "in": "query", "schema": ITEM_ID,
+     "description": "List the items before this one"},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                                 "default": 20}},
+    {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "desc"},
+     "description": "asc: oldest first; desc: newest first"},
+    {"name": "include[]", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
+     "description": "As the reference's; reasoning.encrypted_content lists reasoning items' "
+                    "encrypted_content. `include` is taken too"},
+]
 RESPONSE_EVENT = obj({"type": {"type": "string"}, "sequence_number": {"type": "integer"}},
                      ("type", "sequence_number"))
 
@@ -86,6 +113,19 @@ V1_RESPONSE = {
                                                   ("id", "deleted")), "Forgotten"),
                              **openai_errors(401, 404, 429)}},
 }
+V1_RESPONSE_INPUT_ITEMS = {"get": {
+    "operationId": "list_input_items",
+    "summary": "A page of a stored response's input items",
+    "description": f"As OpenAI documents it: {RESPONSES_REFERENCE}/input-items",
+    "parameters": RESPONSE_ID + INPUT_ITEM_QUERY,
+    "responses": {"200": json_body(ref("ResponseItemList"), "The page"),
+                  **openai_errors(400, 401, 404, 429)}}}
+V1_RESPONSE_CANCEL = {"post": {
+    "operationId": "cancel_response",
+    "summary": "Cancel a background response: ChatBridge makes none, so a stored response is "
+               "OpenAI's 400 for a synchronous one (\"Cannot cancel a synchronous response.\")",
+    "parameters": RESPONSE_ID,
+    "responses": {**openai_errors(400, 401, 404, 429)}}}
 
 # ---------------------------------------------------------------- Anthropic's Messages API
 # Anthropic's own reference is the full contract (https://docs.anthropic.com/en/api/messages);

@@ -1,11 +1,15 @@
 """OpenAI's Responses API under /v1 (POST /v1/responses, GET and DELETE
-/v1/responses/{response_id}), for the official SDKs' `responses` and for Codex CLI, whose only
-wire it is; answered by any upstream through the key pool.
+/v1/responses/{response_id}, GET /v1/responses/{response_id}/input_items, POST
+/v1/responses/{response_id}/cancel), for the official SDKs' `responses` and for Codex CLI,
+whose only wire it is; answered by any upstream through the key pool.
 
 Source: OpenAI's API reference, "Responses". The request is read into the neutral ChatRequest
 by chatbridge/apis/responses_input.py; the response object and its typed stream events are
 built by chatbridge/apis/responses_output.py; stored responses (`store`, the default, and
-`previous_response_id`) live in the state store (chatbridge/stored_responses.py).
+`previous_response_id`) live in the state store (chatbridge/stored_responses.py), with their
+input items (chatbridge/apis/responses_items.py). ChatBridge runs no background responses and
+keeps no Conversations objects: `background: true` and `conversation` are a 400 naming the
+field, and cancel answers as OpenAI does for a response not made with background=true.
 
 Errors have OpenAI's shape {"error": {"message", "type", "param", "code"}} with the statuses
 of /v1/chat/completions (chatbridge/apis/openai_chat.py): 400 (an unknown previous_response_id
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, g, jsonify, request
 
 from ..auth import require_access_token
 from ..chat import ChatRequest, Turn
@@ -46,6 +50,7 @@ from .responses_input import (
     parse_tool_choice,
     parse_tools,
 )
+from .responses_items import list_page, refuse_unsupported, request_items
 from .responses_output import Output, ResponseEventWriter
 
 bp = Blueprint("responses", __name__)
@@ -63,6 +68,7 @@ class ParsedRequest:
     namespaces: dict  # upstream function name -> (namespace, name) of a namespace tool's
     signatures: bool  # include has reasoning.encrypted_content
     store: bool
+    input_items: list  # the earlier responses' and this request's, as GET input_items lists
 
 
 @bp.post("/v1/responses")
@@ -74,7 +80,8 @@ def create_response():
     chat, record = parsed.chat, note_request(parsed.chat)
     plan, cancel = svc.reserve(chat), Cancel()
     output = Output(parsed.echo, parsed.custom, parsed.namespaces, parsed.signatures)
-    save = partial(save_answer, stored, chat.turns, g.owner) if parsed.store else None
+    save = partial(save_answer, stored, chat.turns, parsed.input_items, g.owner) \
+        if parsed.store else None
     if not chat.stream:
         answer = svc.complete(chat, plan, cancel, record)
         output.whole(answer.deltas)
@@ -99,15 +106,33 @@ def delete_response(response_id: str):
     return jsonify(id=response_id, object="response", deleted=True)
 
 
+@bp.get("/v1/responses/<response_id>/input_items")
+def list_input_items(response_id: str):
+    """A page of a stored response's input items (OpenAI's responses.input_items.list):
+    {object: "list", data, first_id, last_id, has_more}; 404 as GET, 400 for a bad query."""
+    items = stored_responses().input_items(response_id, g.owner)
+    return jsonify(list_page(items, request))
+
+
+@bp.post("/v1/responses/<response_id>/cancel")
+def cancel_response(response_id: str):
+    """OpenAI's responses.cancel: only a background response can be cancelled, and
+    ChatBridge makes none, so a stored response is OpenAI's 400 for a synchronous one; 404
+    for an id this token has no response under."""
+    stored_responses().get(response_id, g.owner)
+    raise ClientError("Cannot cancel a synchronous response.")
+
+
 def stored_responses() -> StoredResponses:
     svc = current_service()
     return StoredResponses(svc.store, svc.conversations, svc.config)
 
 
-def save_answer(stored: StoredResponses, turns: list, owner: str, output: Output) -> None:
-    """Store a finished response with the conversation it ends."""
+def save_answer(stored: StoredResponses, turns: list, input_items: list, owner: str,
+                output: Output) -> None:
+    """Store a finished response with the conversation it ends and its input items."""
     answer = answer_turn(output)
-    stored.save(output.response, turns + ([answer] if answer else []), owner)
+    stored.save(output.response, turns + ([answer] if answer else []), owner, input_items)
 
 
 def answer_turn(output: Output) -> Turn | None:
@@ -156,9 +181,10 @@ def parse_request(body: dict, config: Config, registry, stored: StoredResponses,
                   owner: str) -> ParsedRequest:
     """Validate a Responses request into a ParsedRequest (400 naming the field); owner's
     stored responses and uploads are the ones it may name."""
+    refuse_unsupported(body)
     provider, model = model_field(body, registry)
     previous = optional(body, "previous_response_id", str, hint="a response id")
-    earlier = stored.turns_before(previous, owner) if previous else []
+    earlier, earlier_items = stored.context_before(previous, owner) if previous else ([], [])
     cached_upload = partial(stored.conversations.cached_upload, owner=owner)
     tools, custom, namespaces = parse_tools(body.get("tools"), config)
     system, turns = InputReader(config, cached_upload, known_calls(earlier),
@@ -185,7 +211,8 @@ def parse_request(body: dict, config: Config, registry, stored: StoredResponses,
                        "a list of strings") or []
     store = optional(body, "store", bool, hint="true or false")
     return ParsedRequest(chat, echo_of(body, chat), custom, namespaces,
-                         ENCRYPTED_REASONING in include, store is not False)
+                         ENCRYPTED_REASONING in include, store is not False,
+                         earlier_items + request_items(body["input"]))
 
 
 def chat_completions_fields(chat: ChatRequest, body: dict) -> dict:
