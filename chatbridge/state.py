@@ -6,7 +6,9 @@ uploads (conversations.py), per-key usage (usage.py), key checks and their lease
 - FileStateStore, the default: JSON documents in TEMP_DATA_DIR, each changed under one of 64
   striped flock(2) locks (chatbridge/filelocks.py) and written to a
   temporary file that then replaces it, so a worker killed mid-write never leaves a document
-  unreadable. An expiring document's mtime is its expiry time. Expired documents and stale
+  unreadable. The keys documents, changed by every request, are written over themselves
+  instead, padded to their size (FileStateStore.overwrite), and read under their lock.
+  An expiring document's mtime is its expiry time. Expired documents and stale
   temporary files are swept at most every SWEEP_SECONDS, by reads and writes alike (and
   sooner while writes fail), so a full disk does not keep its expired uploads. While
   documents cannot be written (ENOSPC, EDQUOT, EROFS, EACCES...), it works like a Redis
@@ -46,6 +48,8 @@ def open_store(config: Config) -> "StateStore":
 
 
 EXPIRING_DOCUMENTS = ("chat-", "upload-", "claim-", "response-")
+OVERWRITTEN_DOCUMENTS = ("keys-",)  # small, never expiring, and changed by every request
+ROOM_BYTES = 1024  # an overwritten document's file is this much larger than its JSON
 LOCK_STRIPES = 64  # lock files are never deleted (that breaks a lock), so their number is fixed
 SWEEP_SECONDS = 60.0
 WRITE_RETRY_SECONDS = 5.0  # a failed write costs little, so a freed disk is noticed soon
@@ -105,7 +109,12 @@ class FileStateStore(DocumentStore):
         return result
 
     def write(self, name: str, content: bytes, ttl: float | None) -> None:
-        """Replace a document with content through a temporary file, removed if it fails."""
+        """Replace a document with content through a temporary file, removed if it fails;
+        a keys document is overwritten in place while it fits its file."""
+        if name.startswith(OVERWRITTEN_DOCUMENTS):
+            if self.overwrite(name, content):
+                return
+            content += b" " * ROOM_BYTES  # room to grow: JSON ignores the spaces
         path = self.path(name)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
@@ -118,9 +127,31 @@ class FileStateStore(DocumentStore):
                 temporary.unlink(missing_ok=True)  # a partial file would hold on to the space
             raise
 
+    def overwrite(self, name: str, content: bytes) -> bool:
+        """Write content over the document's file, padded with spaces to its size, under the
+        document's lock; False when the file is missing or too small. One pwrite(2) to blocks
+        the file already has: it cannot run out of space half-way, a killed process cannot
+        stop it half-way, and it costs no rename, which ext4 makes flush the new file (about
+        0.7 ms, in every request's rotation turn, under the stripe's lock: issue 13)."""
+        try:
+            descriptor = os.open(self.path(name), os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            size = os.fstat(descriptor).st_size
+            if len(content) > size:
+                return False
+            os.pwrite(descriptor, content.ljust(size), 0)
+            return True
+        finally:
+            os.close(descriptor)
+
     def read(self, name):
         """A live document; a missing, expired or corrupt one reads as None."""
         self.sweep_now_and_then()
+        if name.startswith(OVERWRITTEN_DOCUMENTS):  # a read beside a pwrite could see half of it
+            with self.lock(name):
+                return self.current(name)
         return self.current(name)
 
     def current(self, name: str) -> dict | None:

@@ -425,3 +425,24 @@ def test_a_corrupt_rest_is_dropped_and_replaced(tmp_path, request, kind):
     soon = time.time() + 30
     store.note_attempt("gemini", "k", {"quota|g|m": soon}, None)
     assert store.peek("gemini") == {"quota|g|m": pytest.approx(soon)}
+
+
+def test_a_keys_document_is_overwritten_in_place_and_still_grows(tmp_path):
+    """The keys documents are written over themselves (no rename per request) while they fit
+    their file, and replaced by a larger file when they outgrow it; every state between is
+    whole JSON, and nothing is lost across the growth."""
+    store = FileStateStore(tmp_path)
+    path = tmp_path / "keys-gemini.json"
+    store.take_turn("gemini")
+    inode, size = path.stat().st_ino, path.stat().st_size
+    for _ in range(20):
+        store.take_turn("gemini", lambda taken, marks: "k1")
+    assert (path.stat().st_ino, path.stat().st_size) == (inode, size)  # overwritten in place
+    marks = {f"quota|key{n}|gemini-2.5-flash": time.time() + 60 for n in range(100)}
+    store.note_attempt("gemini", "k2", marks, "rate_limit: x")  # larger than the file's room
+    assert path.stat().st_size > size
+    doc = json.loads(path.read_text())
+    assert doc["counter"] == 21 and doc["stats"]["k1"]["requests"] == 20
+    assert doc["stats"]["k2"]["failures"] == 1 and set(marks) <= set(doc["marks"])
+    turn, seen = store.take_turn("gemini")
+    assert turn == 21 and set(marks) <= set(seen)
