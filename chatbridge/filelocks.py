@@ -76,4 +76,7 @@ def take(descriptor: int) -> None:
         except BlockingIOError:
             now = time.monotonic()
             spin_until = spin_until or now + SPIN_SECONDS
-            real_sleep(SPIN_PAUSE) if now < spin_until else time.sleep(POLL_SECONDS)
+            if now < spin_until:
+                real_sleep(SPIN_PAUSE)
+            else:
+                time.sleep(POLL_SECONDS)

@@ -3,7 +3,7 @@
 One pool manager per app, connections kept alive and reused. Keys travel in headers, never in
 a URL; redirects are never followed (a 3xx is an upstream failure) and no cookie is kept (none
 is ever sent). Streams ask for no compression, which would make events arrive in bursts, and
-their bodies are read as they arrive (iter_body), with the markers the relay writes by
+their bodies are read as they arrive (iter_stream), with the markers the relay writes by
 (chat.FLUSH after each read, chat.SILENCE after silence_seconds without a byte, under gevent).
 Network exceptions become UpstreamErrors here (errors.failure_from_exception).
 
@@ -42,7 +42,7 @@ NETWORK_ERRORS = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 class Transport:
     """Pooled HTTP with the configured connect and read timeouts (seconds); a stream's reader
-    says when silence_seconds pass without a byte (iter_body), under gevent workers."""
+    says when silence_seconds pass without a byte (iter_stream), under gevent workers."""
 
     def __init__(self, connect_timeout: float, read_timeout: float,
                  silence_seconds: float | None = None):
@@ -153,7 +153,7 @@ class UpstreamResponse:
         self.headers = raw.headers
         self.reader = None
         self._content = None
-        self.silence = None  # (seconds that count as silence, the read timeout) for iter_body
+        self.silence = None  # (seconds that count as silence, the read timeout) for iter_stream
 
     @property
     def is_redirect(self) -> bool:

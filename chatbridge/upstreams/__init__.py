@@ -145,10 +145,8 @@ class Registry:
         available, for the model lists."""
         entries = []
         for pattern, model in self.aliases:
-            provider = self.route(model)[0]
-            reachable = provider.keys or not provider.needs_keys
-            if not has_glob(pattern) and self.aliased(pattern) == model and reachable:
-                entries.append((pattern, provider))
+            if not has_glob(pattern) and self.aliased(pattern) == model and self.answers(pattern):
+                entries.append((pattern, self.route(model)[0]))
         return entries
 
     def check_files(self, provider: str, turns: list) -> None:
